@@ -1,0 +1,199 @@
+"""The pysyncobj adapter: encode, propose, apply, snapshot, report leadership. Nothing else.
+
+The log holds our own envelopes (:mod:`consensus.codec`). pysyncobj sees exactly one replicated method,
+``_entry``, whose single argument is the envelope's bytes; with one method its numbering can never shift, and our
+command types live inside the bytes where we version them.
+
+Snapshots go through pysyncobj's serializer hooks as msgpack (never pickle): the state machine's bytes plus the
+two log entries and the membership pysyncobj needs to resume. Both the journal and the dump file are always
+configured together: either alone loses or wedges state on a full restart.
+
+Durable mode (the default) flushes the journal to disk before this node sends anything that lets an entry count
+as persisted: a follower's acknowledgement, or a leader's append to its followers. pysyncobj itself never syncs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
+
+from consensus.apply import Machine, Result
+from consensus.backend import ProposeCallback
+
+log = logging.getLogger("conclave.raft")
+
+SNAPSHOT_FORMAT = 1
+
+_FAIL_CODES = {
+    FAIL_REASON.QUEUE_FULL: "queue_full",
+    FAIL_REASON.MISSING_LEADER: "no_leader",
+    FAIL_REASON.DISCARDED: "discarded",
+    FAIL_REASON.NOT_LEADER: "not_leader",
+    FAIL_REASON.LEADER_CHANGED: "leader_changed",
+    FAIL_REASON.REQUEST_DENIED: "denied",
+}
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    self_address: str
+    partner_addresses: tuple[str, ...]
+    data_dir: Path
+    secret: str | None
+    durable: bool = True
+    min_timeout_s: float = 0.4
+    max_timeout_s: float = 1.2
+    append_period_s: float = 0.05
+    connection_timeout_s: float = 1.5
+    connection_retry_s: float = 0.2
+    leader_fallback_s: float = 2.0
+
+
+class RaftBackend(SyncObj):  # type: ignore[misc]
+    def __init__(self, settings: RaftSettings, machine: Machine | None = None) -> None:
+        self.machine = machine or Machine()
+        self.lock = threading.RLock()
+        self._durable = settings.durable
+        self._dirty = False
+        self.fsyncs = 0
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = SyncObjConf(
+            bindAddress=settings.self_address,
+            password=settings.secret,
+            journalFile=str(settings.data_dir / "raft.journal"),
+            fullDumpFile=str(settings.data_dir / "raft.snapshot"),
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
+            appendEntriesUseBatch=False,
+            autoTick=True,
+            raftMinTimeout=settings.min_timeout_s,
+            raftMaxTimeout=settings.max_timeout_s,
+            appendEntriesPeriod=settings.append_period_s,
+            connectionTimeout=settings.connection_timeout_s,
+            connectionRetryTime=settings.connection_retry_s,
+            leaderFallbackTimeout=settings.leader_fallback_s,
+            logCompactionMinEntries=20_000,
+            logCompactionMinTime=60,
+            dynamicMembershipChange=False,
+            commandsWaitLeader=False,
+        )
+        super().__init__(settings.self_address, list(settings.partner_addresses), conf=conf)
+        if self._durable:
+            self._install_flush_before_ack()
+
+    # ------------------------------------------------------------------ the one replicated entry point
+
+    @replicated
+    def _entry(self, data: bytes) -> Result:
+        with self.lock:
+            return self.machine.apply(data)
+
+    def propose(self, data: bytes, callback: ProposeCallback) -> None:
+        def done(result: Any, error: Any) -> None:
+            if error == FAIL_REASON.SUCCESS and isinstance(result, Result):
+                callback(result, None)
+            else:
+                callback(None, _FAIL_CODES.get(error, f"failed_{error}"))
+
+        self._entry(data, callback=done)
+
+    # ------------------------------------------------------------------ leadership
+
+    def is_leader(self) -> bool:
+        return bool(self._isLeader())
+
+    def leader_address(self) -> str | None:
+        leader = self._getLeader()
+        return None if leader is None else str(leader.address)
+
+    def term(self) -> int:
+        return int(self.raftCurrentTerm)
+
+    def has_quorum(self) -> bool:
+        return bool(self.hasQuorum)
+
+    def raft_status(self) -> dict[str, object]:
+        s = self.getStatus()
+        return {
+            "state": int(s["state"]),
+            "term": int(s["raft_term"]),
+            "commit_idx": int(s["commit_idx"]),
+            "last_applied": int(s["last_applied"]),
+            "log_len": int(s["log_len"]),
+            "has_quorum": bool(s["has_quorum"]),
+            "fsyncs": self.fsyncs,
+        }
+
+    def start(self) -> None:
+        """pysyncobj starts its thread in ``__init__``; nothing more to do."""
+
+    def stop(self) -> None:
+        self.destroy()
+
+    # ------------------------------------------------------------------ snapshots (msgpack, never pickle)
+
+    def _write_snapshot(self, filename: str, raft_data: Any) -> None:
+        last, prev, cluster = raft_data
+        with self.lock:
+            state = self.machine.snapshot()
+        blob = msgpack.packb(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "state": state,
+                "last": [last[0], last[1], last[2]],
+                "prev": [prev[0], prev[1], prev[2]],
+                "cluster": sorted(n.address for n in cluster),
+            },
+            use_bin_type=True,
+        )
+        with open(filename, "wb") as f:
+            f.write(blob)
+            f.flush()
+            if self._durable:
+                os.fsync(f.fileno())
+
+    def _read_snapshot(self, filename: str) -> tuple[Any, Any, Any]:
+        with open(filename, "rb") as f:
+            obj = msgpack.unpackb(f.read(), raw=False)
+        if not isinstance(obj, dict) or obj.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"{filename}: not a Conclave snapshot")
+        with self.lock:
+            self.machine.restore(obj["state"])
+        last, prev = obj["last"], obj["prev"]
+        return (last[0], last[1], last[2]), (prev[0], prev[1], prev[2]), {TCPNode(a) for a in obj["cluster"]}
+
+    # ------------------------------------------------------------------ durability
+
+    def _install_flush_before_ack(self) -> None:
+        journal = self._SyncObj__raftLog
+        transport = self._SyncObj__transport
+        if not hasattr(journal, "flush"):
+            return
+        add, send = journal.add, transport.send
+
+        def add_and_mark(command: Any, idx: int, term: int) -> None:
+            add(command, idx, term)
+            self._dirty = True
+
+        def flush_then_send(node: Any, message: Any) -> Any:
+            if self._dirty and isinstance(message, dict) and message.get("type") in _ACK_CARRYING:
+                journal.flush()
+                self._dirty = False
+                self.fsyncs += 1
+            return send(node, message)
+
+        journal.add = add_and_mark
+        transport.send = flush_then_send
+
+
+# Messages after which a peer may count our copy of an entry: the leader's appends (its own copy counts toward the
+# majority) and a follower's acknowledgement.
+_ACK_CARRYING = frozenset({"append_entries", "next_node_idx"})
