@@ -211,6 +211,7 @@ def _valid_id(value: str, what: str) -> None:
 def leader_elected(st: State, cmd: LeaderElected, idx: int) -> Any:
     if cmd.term <= st.leader_term:
         raise Reject("stale_term", f"term {cmd.term} is not newer than {st.leader_term}")
+    _valid_id(cmd.node_id, "node id")
     _tick(st, cmd.now)
     st.leader_term = cmd.term
     st.leader_id = cmd.node_id

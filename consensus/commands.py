@@ -166,7 +166,7 @@ COMMAND_CLASSES: dict[CommandType, type[Any]] = {
 TYPE_OF: dict[type[Any], CommandType] = {cls: t for t, cls in COMMAND_CLASSES.items()}
 
 # Field types checked by the codec, derived once from the annotations above.
-_PY_TYPES: dict[str, tuple[type, ...]] = {
+_PY_TYPES: dict[str, tuple[type[Any], ...]] = {
     "int": (int,),
     "str": (str,),
     "list[str]": (list,),

@@ -91,7 +91,7 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ the one replicated entry point
 
-    @replicated
+    @replicated  # type: ignore[untyped-decorator]
     def _entry(self, data: bytes) -> Result:
         with self.lock:
             return self.machine.apply(data)

@@ -260,7 +260,6 @@ class State:
     # derived: runnable tasks (PENDING, dependencies finished, job live), keyed (job_id, task) in log order
     runnable: dict[tuple[str, str], None] = field(default_factory=dict)
 
-
     def to_wire(self) -> list[Any]:
         return [
             SNAPSHOT_VERSION,

@@ -131,8 +131,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         _print(client.call("POST", f"/v1/jobs/{args.id}/retry", {}, {"Idempotency-Key": uuid.uuid4().hex}))
         return 0
     if args.job_cmd == "events":
-        for e in client.call("GET", f"/v1/jobs/{args.id}/events")["events"]:
-            print(f"{e['index']:>7} {e['time']:.3f} {e['kind']:<18} {e['task'] or '':<16} {e['detail']}")
+        for ev in client.call("GET", f"/v1/jobs/{args.id}/events")["events"]:
+            print(f"{ev['index']:>7} {ev['time']:.3f} {ev['kind']:<18} {ev['task'] or '':<16} {ev['detail']}")
         return 0
     if args.job_cmd == "list":
         for j in client.call("GET", "/v1/jobs")["jobs"]:
@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--cluster", help=f"cluster.json (default: $CONCLAVE_CLUSTER or {DEFAULT_DEV_DIR}/cluster.json)")
+        sp.add_argument(
+            "--cluster", help=f"cluster.json (default: $CONCLAVE_CLUSTER or {DEFAULT_DEV_DIR}/cluster.json)"
+        )
         sp.add_argument("--url", action="append", help="a node's admin URL (repeatable); overrides --cluster")
         sp.add_argument("--token", help="bearer token for writes (default: from the cluster file or $CONCLAVE_TOKEN)")
 

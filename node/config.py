@@ -259,9 +259,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> NodeConfig:
     if not isinstance(task_types, list) or not all(isinstance(t, str) and t for t in task_types):
         raise ConfigError("agent.task_types: expected an array of strings")
     attrs = agent_raw.get("attributes", {})
-    if not isinstance(attrs, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
-    ):
+    if not isinstance(attrs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
         raise ConfigError("agent.attributes: expected a table of strings")
     mem = _num(agent_raw, "mem_mb", "agent", AgentConfig.mem_mb)
     disk = _num(agent_raw, "disk_mb", "agent", AgentConfig.disk_mb)
@@ -280,9 +278,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> NodeConfig:
     extra = set(timing_raw) - known
     if extra:
         raise ConfigError(f"timing: unknown key(s): {', '.join(sorted(extra))}")
-    timing = Timing(
-        **{k: _num(timing_raw, k, "timing", getattr(defaults, k), 0.001) for k in timing_raw}
-    )
+    timing = Timing(**{k: _num(timing_raw, k, "timing", getattr(defaults, k), 0.001) for k in timing_raw})
     if timing.raft_min_timeout_s >= timing.raft_max_timeout_s:
         raise ConfigError("timing: raft_min_timeout_s must be below raft_max_timeout_s")
     if timing.agent_lease_s >= timing.agent_timeout_s:

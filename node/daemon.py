@@ -10,9 +10,9 @@ import time
 
 import uvloop
 from aiohttp import web
+
 from consensus.apply import Machine
 from consensus.raft import RaftBackend, RaftSettings
-
 from node.admin.app import NodeContext, make_app
 from node.agent.service import AgentService
 from node.bridge import Bridge

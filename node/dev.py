@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.client import Client, Cluster, ClientError
+from node.client import Client, ClientError, Cluster
 
 PR_SET_PDEATHSIG = 1
 
@@ -42,8 +42,16 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def node_config_toml(node_id: str, data_dir: Path, raft_port: int, api_port: int, peers: list[dict[str, Any]],
-                     token: str, secret: str, extra: str = "") -> str:
+def node_config_toml(
+    node_id: str,
+    data_dir: Path,
+    raft_port: int,
+    api_port: int,
+    peers: list[dict[str, Any]],
+    token: str,
+    secret: str,
+    extra: str = "",
+) -> str:
     lines = [
         "[node]",
         f'id = "{node_id}"',
@@ -56,7 +64,13 @@ def node_config_toml(node_id: str, data_dir: Path, raft_port: int, api_port: int
         f'secret = "{secret}"',
     ]
     for p in peers:
-        lines += ["", "[[cluster.peers]]", f'id = "{p["id"]}"', f'raft_address = "{p["raft"]}"', f'api_url = "{p["url"]}"']
+        lines += [
+            "",
+            "[[cluster.peers]]",
+            f'id = "{p["id"]}"',
+            f'raft_address = "{p["raft"]}"',
+            f'api_url = "{p["url"]}"',
+        ]
     lines += ["", "[agent]", "enabled = true", "cpus = 2.0", "mem_mb = 2048", "disk_mb = 10240", ""]
     return "\n".join(lines) + extra
 
@@ -74,7 +88,11 @@ def prepare(directory: Path, nodes: int) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     secret = secrets.token_urlsafe(24)
     peers = [
-        {"id": f"n{i + 1}", "raft": f"127.0.0.1:{ports[2 * i]}", "url": f"http://127.0.0.1:{ports[2 * i + 1]}"}
+        {
+            "id": f"n{i + 1}",
+            "raft": f"127.0.0.1:{ports[2 * i]}",
+            "url": f"http://127.0.0.1:{ports[2 * i + 1]}",
+        }
         for i in range(nodes)
     ]
     for i, p in enumerate(peers):
@@ -91,11 +109,13 @@ def prepare(directory: Path, nodes: int) -> dict[str, Any]:
     return meta
 
 
-def start_nodes(directory: Path, meta: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, subprocess.Popen[bytes]]:
+def start_nodes(
+    directory: Path, meta: dict[str, Any], env: dict[str, str] | None = None
+) -> dict[str, subprocess.Popen[bytes]]:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for p in meta["nodes"]:
         ndir = directory / p["id"]
-        logf = open(ndir / "node.log", "ab")  # noqa: SIM115 - handed to the child
+        logf = open(ndir / "node.log", "ab")
         procs[p["id"]] = subprocess.Popen(
             [sys.executable, "-m", "node", "node", "--config", str(ndir / "conclave.toml")],
             stdout=logf,
@@ -125,7 +145,7 @@ def wait_for_leader(cluster: Cluster, timeout: float) -> str | None:
     client = Client(cluster, timeout=1.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        leaders = set()
+        leaders: set[str | None] = set()
         acting = False
         for url in cluster.urls:
             try:
@@ -213,7 +233,7 @@ def run_dev(directory: Path, nodes: int, submit: list[Path], exit_after: bool) -
             return code
         for url in cluster.urls:
             print(f"  admin API: {url}")
-        print("cluster running; try `conclave status` or `conclave job run examples/airavata_experiment.json`; Ctrl-C stops it")
+        print("cluster running; try `.venv/bin/conclave status` in another terminal; Ctrl-C stops it")
         while not stop["now"]:
             for node_id, proc in procs.items():
                 if proc.poll() is not None:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
 from consensus.apply import WORKFLOW_FRAMEWORK, Result
 from consensus.commands import CancelJob, Command, DrainAgent, RetryJob, SubmitJob
 from consensus.spec import SpecError, parse_job
-
 from node.admin import views
 from node.bridge import Bridge, NotCommitted
 from node.config import NodeConfig

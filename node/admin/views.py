@@ -63,7 +63,14 @@ def job_json(st: State, job: Job) -> dict[str, Any]:
 
 def events_json(job: Job) -> list[dict[str, Any]]:
     return [
-        {"index": e[0], "time": ms_to_s(e[1]), "kind": e[2], "task": e[3] or None, "attempt": e[4] or None, "detail": e[5]}
+        {
+            "index": e[0],
+            "time": ms_to_s(e[1]),
+            "kind": e[2],
+            "task": e[3] or None,
+            "attempt": e[4] or None,
+            "detail": e[5],
+        }
         for e in job.events
     ]
 

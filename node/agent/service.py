@@ -18,7 +18,6 @@ from pathlib import Path
 
 from consensus.commands import Heartbeat, RegisterAgent, StatusUpdate
 from consensus.state import ACTIVE, State, TaskState
-
 from node.agent.executor import Executor, ExitReport
 from node.bridge import Bridge, NotCommitted
 from node.config import AgentConfig, Timing
@@ -96,20 +95,22 @@ class AgentService:
                 log.info("could not report final updates; the leader will reconcile")
 
     async def _register(self) -> None:
-        cmd_args = dict(
-            agent_id=self.agent_id,
-            incarnation=self.incarnation,
-            cpus_m=round(self.config.cpus * 1000),
-            mem_mb=self.config.mem_mb,
-            disk_mb=self.config.disk_mb,
-            task_types=list(self.config.task_types),
-            attributes=dict(self.config.attributes),
-        )
+        cfg = self.config
         delay = 0.1
         while not self._stopping:
             sent = time.monotonic()
             try:
-                result = await self.bridge.propose(RegisterAgent(**cmd_args, now=now_ms()), self.timing.request_timeout_s)  # type: ignore[arg-type]
+                cmd = RegisterAgent(
+                    self.agent_id,
+                    self.incarnation,
+                    round(cfg.cpus * 1000),
+                    cfg.mem_mb,
+                    cfg.disk_mb,
+                    list(cfg.task_types),
+                    dict(cfg.attributes),
+                    now_ms(),
+                )
+                result = await self.bridge.propose(cmd, self.timing.request_timeout_s)
             except NotCommitted as e:
                 log.info("registration not committed yet (%s); retrying", e.code)
                 await asyncio.sleep(delay)
@@ -227,7 +228,8 @@ class AgentService:
             sent = time.monotonic()
             try:
                 result = await self.bridge.propose(
-                    StatusUpdate(self.agent_id, self.incarnation, now_ms(), batch), self.timing.request_timeout_s
+                    StatusUpdate(self.agent_id, self.incarnation, now_ms(), batch),
+                    self.timing.request_timeout_s,
                 )
             except NotCommitted as e:
                 log.info("status update not committed (%s); will retry", e.code)

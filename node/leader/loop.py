@@ -18,7 +18,6 @@ from consensus.apply import WORKFLOW_FRAMEWORK
 from consensus.commands import AgentLost, KillAttempts, Launch, LeaderElected
 from consensus.spec import Resources
 from consensus.state import AgentState, State
-
 from node.bridge import Bridge, NotCommitted
 from node.config import Timing
 from node.leader.allocator import Allocator, Offer
@@ -137,7 +136,8 @@ class LeaderLoop:
             await self._declare_lost(lost)
         if drained:
             result = await self.bridge.propose(
-                KillAttempts(self.term, now_ms(), drained, "drain deadline passed"), self.timing.request_timeout_s
+                KillAttempts(self.term, now_ms(), drained, "drain deadline passed"),
+                self.timing.request_timeout_s,
             )
             if result.ok:
                 log.info("drain deadline: killing %d attempt(s)", len(result.value["marked"]))
@@ -161,9 +161,11 @@ class LeaderLoop:
                 used[p.offer_id] = used.get(p.offer_id, Resources(0, 0, 0)) + p.resources
             for oid, res in used.items():
                 self.allocator.accept(oid, res)
-            return new, [[p.job_id, p.task, p.agent_id] for p in placements], [
-                (p.agent_id, p.resources) for p in placements
-            ]
+            return (
+                new,
+                [[p.job_id, p.task, p.agent_id] for p in placements],
+                [(p.agent_id, p.resources) for p in placements],
+            )
 
         _new, placements, reserved = self.bridge.read(decide)
         if not placements:
@@ -215,7 +217,12 @@ class LeaderLoop:
         limit = max(1, math.floor(n_agents * REMOVAL_FRACTION))
         budget = limit - len(self.removals)
         if budget <= 0:
-            log.warning("agent removal limit reached (%d per %.0fs); deferring %s", limit, REMOVAL_WINDOW_S, candidates)
+            log.warning(
+                "agent removal limit reached (%d per %.0fs); deferring %s",
+                limit,
+                REMOVAL_WINDOW_S,
+                candidates,
+            )
             return
         chosen = candidates[:budget]
         result = await self.bridge.propose(

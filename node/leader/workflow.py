@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from consensus.apply import WORKFLOW_FRAMEWORK
 from consensus.spec import Resources, TaskSpec
 from consensus.state import Agent, State
-
 from node.leader.allocator import Offer
 
 MAX_PLACEMENTS_PER_ROUND = 20_000
