@@ -418,29 +418,40 @@ def status_update(st: State, cmd: StatusUpdate, idx: int) -> Any:
 
 def agent_lost(st: State, cmd: AgentLost, idx: int) -> Any:
     _check_term(st, cmd.term)
-    for agent_id in cmd.agent_ids:
-        if agent_id not in st.agents:
-            raise Reject("not_found", f"unknown agent {agent_id!r}")
+    for entry in cmd.agents:
+        if len(entry) != 2 or not isinstance(entry[0], str) or not isinstance(entry[1], int):
+            raise Reject("invalid", "each agent is [agent_id, heartbeats]")
+        if entry[0] not in st.agents:
+            raise Reject("not_found", f"unknown agent {entry[0]!r}")
     t = _tick(st, cmd.now)
     lost: list[str] = []
-    for agent_id in cmd.agent_ids:
+    spared: list[str] = []
+    for agent_id, heartbeats in cmd.agents:
         agent = st.agents[agent_id]
         if agent.state == AgentState.UNREACHABLE:
+            continue
+        if agent.heartbeats != heartbeats:
+            spared.append(agent_id)  # it was heard from after the leader decided
             continue
         agent.state = AgentState.UNREACHABLE
         for att_id in list(agent.attempts):
             lost.append(att_id)
             _end_attempt(st, st.attempts[att_id], TaskState.LOST, None, cmd.reason[:200], idx, t)
-    return {"lost": lost}
+    return {"lost": lost, "spared": spared}
 
 
 def drain_agent(st: State, cmd: DrainAgent, idx: int) -> Any:
     agent = st.agents.get(cmd.agent_id)
     if agent is None:
         raise Reject("not_found", f"unknown agent {cmd.agent_id!r}")
-    if cmd.deadline_ms < 0:
-        raise Reject("invalid", "deadline must not be negative")
+    if cmd.deadline_ms < -1:
+        raise Reject("invalid", "deadline must not be negative (-1 ends a drain)")
     _tick(st, cmd.now)
+    if cmd.deadline_ms == -1:
+        agent.drain_deadline = None
+        if agent.state == AgentState.DRAINING:
+            agent.state = AgentState.ACTIVE
+        return {"agent_id": agent.id, "state": str(agent.state), "running": list(agent.attempts)}
     agent.drain_deadline = cmd.deadline_ms
     if agent.state == AgentState.ACTIVE:
         agent.state = AgentState.DRAINING

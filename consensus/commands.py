@@ -104,16 +104,19 @@ class StatusUpdate:
 
 @dataclass(frozen=True, slots=True)
 class AgentLost:
+    """Leader decision. Each agent is ``[agent_id, heartbeats]``: the heartbeat count the leader saw go silent.
+    An agent whose count has moved since (its heartbeat committed meanwhile) is left alone."""
+
     term: int
     now: int
-    agent_ids: list[str]
+    agents: list[list[Any]]
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class DrainAgent:
     agent_id: str
-    deadline_ms: int  # absolute Unix ms after which running attempts are killed and rescheduled
+    deadline_ms: int  # absolute Unix ms after which running attempts are killed and rescheduled; -1 ends a drain
     now: int
 
 

@@ -177,6 +177,9 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
         transport = self._SyncObj__transport
         if not hasattr(journal, "flush"):
             return
+        meta = getattr(journal, "_FileJournal__metaStorer", None)
+        if meta is not None:
+            meta.storeMeta = _durable_meta_writer(meta.getPath())
         add, send = journal.add, transport.send
 
         def add_and_mark(command: Any, idx: int, term: int) -> None:
@@ -192,6 +195,28 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
 
         journal.add = add_and_mark
         transport.send = flush_then_send
+
+
+def _durable_meta_writer(path: str) -> Any:
+    """Term and vote must survive power loss before this node votes or acts on a new term (Raft's rule)."""
+    from pysyncobj.journal import dumps
+
+    directory = os.path.dirname(os.path.abspath(path))
+
+    def store(meta: Any) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    return store
 
 
 # Messages after which a peer may count our copy of an entry: the leader's appends (its own copy counts toward the

@@ -119,8 +119,14 @@ def _leader_id(ctx: NodeContext) -> str | None:
 
 
 async def _commit(ctx: NodeContext, cmd: Command) -> Result:
+    backend = ctx.bridge.backend
     if _leader_id(ctx) is None:
         raise ApiError(503, "no_leader", "no leader is known; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
+    if backend.is_leader() and not backend.has_quorum():
+        # a leader cut off from a majority cannot commit; say so now instead of after the request timeout
+        raise ApiError(
+            503, "no_quorum", "this node cannot reach a majority; retry shortly", {"Retry-After": str(RETRY_AFTER_S)}
+        )
     try:
         result = await ctx.bridge.propose(cmd, ctx.config.timing.request_timeout_s)
     except NotCommitted as e:
@@ -262,6 +268,12 @@ async def drain_agent(request: web.Request) -> web.Response:
     return web.json_response(result.value)
 
 
+async def undrain_agent(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    result = await _commit(ctx, DrainAgent(_path_id(request, "id"), -1, now_ms()))
+    return web.json_response(result.value)
+
+
 async def list_offers(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     offers = [
@@ -289,5 +301,6 @@ def make_app(ctx: NodeContext) -> web.Application:
     app.router.add_post("/v1/jobs/{id}/retry", retry_job)
     app.router.add_get("/v1/agents", list_agents)
     app.router.add_post("/v1/agents/{id}/drain", drain_agent)
+    app.router.add_delete("/v1/agents/{id}/drain", undrain_agent)
     app.router.add_get("/v1/offers", list_offers)
     return app

@@ -13,6 +13,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from consensus.apply import WORKFLOW_FRAMEWORK
 from consensus.commands import AgentLost, KillAttempts, Launch, LeaderElected
@@ -188,9 +189,9 @@ class LeaderLoop:
         if refused:
             log.info("%d placement(s) refused by apply, e.g. %s", len(refused), refused[0])
 
-    def _liveness(self, st: State, mono: float) -> tuple[list[str], list[str]]:
+    def _liveness(self, st: State, mono: float) -> tuple[list[list[Any]], list[str]]:
         """Agents whose heartbeats stopped, measured on this leader's monotonic clock; drain kills due."""
-        lost: list[str] = []
+        lost: list[list[Any]] = []
         for agent in st.agents.values():
             prev = self.seen.get(agent.id)
             if prev is None or prev[0] != agent.heartbeats:
@@ -201,7 +202,7 @@ class LeaderLoop:
                 continue
             silent = mono - prev[1]
             if silent > self.agent_timeout_s and mono - self.active_since > self.grace_s:
-                lost.append(agent.id)
+                lost.append([agent.id, agent.heartbeats])
         drained: list[str] = []
         wall = now_ms()
         for agent in st.agents.values():
@@ -209,7 +210,7 @@ class LeaderLoop:
                 drained.extend(a for a in agent.attempts if st.attempts[a].kill_reason is None)
         return lost, drained
 
-    async def _declare_lost(self, candidates: list[str]) -> None:
+    async def _declare_lost(self, candidates: list[list[Any]]) -> None:
         mono = time.monotonic()
         while self.removals and mono - self.removals[0] > REMOVAL_WINDOW_S:
             self.removals.popleft()
@@ -230,9 +231,11 @@ class LeaderLoop:
             self.timing.request_timeout_s,
         )
         if result.ok:
-            for a in chosen:
+            for agent_id, _ in chosen:
+                if agent_id in result.value["spared"]:
+                    continue
                 self.removals.append(mono)
-                self.allocator.rescind_agent(a)
-            self.stats.agents_lost += len(chosen)
+                self.allocator.rescind_agent(agent_id)
+                self.stats.agents_lost += 1
             self.revive_needed = True
             log.warning("declared unreachable: %s (attempts lost: %d)", chosen, len(result.value["lost"]))

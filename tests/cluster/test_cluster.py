@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import LocalCluster, pid_alive, sleep_job, wait_until
+from node.localcluster import LocalCluster, pid_alive, sleep_job, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -150,11 +150,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.submit(RegisterAgent(agent, inc, 2000, 2048, 100, TYPES, {}, self.tick())).ok
         assert not self.m.state.agents[agent].attempts
 
-    @rule(agent=st.sampled_from([*AGENTS, "ghost"]))
-    def agent_lost(self, agent: str) -> None:
-        r = self.submit(AgentLost(self.term, self.tick(), [agent], "silent"))
-        if r.ok:
-            assert not self.m.state.agents[agent].attempts
+    @rule(agent=st.sampled_from([*AGENTS, "ghost"]), heard_since=st.booleans())
+    def agent_lost(self, agent: str, heard_since: bool) -> None:
+        known = self.m.state.agents.get(agent)
+        seen = (known.heartbeats if known else 0) - (1 if heard_since else 0)
+        was = known.state.value if known else None
+        r = self.submit(AgentLost(self.term, self.tick(), [[agent, seen]], "silent"))
+        if r.ok and known is not None:
+            if heard_since and was != "unreachable":
+                assert r.value["spared"] == [agent] and known.state.value == was
+            else:
+                assert not known.attempts and known.state.value == "unreachable"
 
     @rule(agent=st.sampled_from(AGENTS), deadline=st.integers(0, 5000))
     def drain(self, agent: str, deadline: int) -> None:

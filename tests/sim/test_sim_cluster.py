@@ -144,7 +144,8 @@ class Sim:
 
     def lose_an_agent(self) -> None:
         victim = self.rng.choice(NODES)
-        r = self.propose(self.leader, AgentLost(self.term, self.now, [victim], "simulated silence"))
+        silent = [[victim, self.state.agents[victim].heartbeats]]
+        r = self.propose(self.leader, AgentLost(self.term, self.now, silent, "simulated silence"))
         assert r.ok
         self.incarnation[victim] = f"{victim}-{self.now}"
         assert self.propose(

@@ -1,4 +1,4 @@
-"""Real node processes on loopback for tests: start, stop, SIGKILL, restart, and wait for conditions."""
+"""Real node processes on loopback, for tests, benchmarks and the chaos suite: start, stop, SIGKILL, restart, wait."""
 
 from __future__ import annotations
 
