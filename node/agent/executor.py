@@ -130,9 +130,7 @@ class Executor:
     def running(self) -> set[str]:
         return set(self._attempts)
 
-    async def launch(
-        self, attempt_id: str, argv: list[str], env: dict[str, str], timeout_s: float | None
-    ) -> None:
+    async def launch(self, attempt_id: str, argv: list[str], env: dict[str, str], timeout_s: float | None) -> None:
         if attempt_id in self._attempts:
             return
         loop = asyncio.get_running_loop()
