@@ -1,0 +1,111 @@
+"""The CLI as a user runs it: clear one-line errors, no tracebacks; job commands against a live cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.localcluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def conclave(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("not toml [", "invalid TOML"),
+        ("[node]\nid='n1'\n", "node.data_dir: required"),
+        (
+            "[node]\nid='n1'\ndata_dir='/tmp/x'\nraft_address='0.0.0.0:1'\napi_address='127.0.0.1:2'\n",
+            "refusing to bind a wildcard address",
+        ),
+        (
+            "[node]\nid='n1'\ndata_dir='/tmp/x'\nraft_address='127.0.0.1:99999'\napi_address='127.0.0.1:2'\n",
+            "out of range",
+        ),
+        (
+            "[node]\nid='n1'\ndata_dir='/tmp/x'\nraft_address='127.0.0.1:1'\napi_address='127.0.0.1:2'\n"
+            "[cluster]\ntoken='short'\n",
+            "cluster.token: must be at least 8 characters",
+        ),
+        (
+            "[node]\nid='n1'\ndata_dir='/tmp/x'\nraft_address='127.0.0.1:1'\napi_address='127.0.0.1:2'\n"
+            "[cluster]\ntoken='long-enough'\n[[cluster.peers]]\nid='n2'\nraft_address='127.0.0.1:3'\napi_url='http://x'\n",
+            "this node (n1) must be listed",
+        ),
+        (
+            "[node]\nid='n1'\ndata_dir='/tmp/x'\nraft_address='127.0.0.1:1'\napi_address='127.0.0.1:2'\n"
+            "[cluster]\ntoken='long-enough'\n[[cluster.peers]]\nid='n1'\nraft_address='127.0.0.1:1'\napi_url='http://x'\n"
+            "[timing]\nagent_lease_s=9\n",
+            "agent_lease_s must be below agent_timeout_s",
+        ),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, toml: str, message: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    r = conclave("node", "--config", str(cfg))
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_missing_config_and_bad_job_file(tmp_path: Path) -> None:
+    r = conclave("node", "--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "cannot read config" in r.stderr
+    bad = tmp_path / "job.json"
+    bad.write_text(json.dumps({"name": "x", "tasks": [{"name": "a", "command": ["x"], "depends_on": ["b"]}]}))
+    r = conclave("job", "run", str(bad), "--url", "http://127.0.0.1:9")
+    assert r.returncode == 2 and "unknown dependency" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
+    r = conclave("job", "status", "x", "--url", "http://127.0.0.1:9")
+    assert r.returncode == 1 and r.stderr.startswith("error: unreachable") and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path_factory.mktemp("cli") / "c", nodes=3)
+    c.start()
+    try:
+        c.wait_ready()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.cluster
+def test_cli_against_a_live_cluster(live: LocalCluster) -> None:
+    cf = str(live.dir / "cluster.json")
+    r = conclave("job", "run", str(ROOT / "examples" / "airavata_experiment.json"), "--cluster", cf, "--wait")
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip()
+    r = conclave("job", "status", job_id, "--cluster", cf)
+    assert r.returncode == 0 and "complete" in r.stdout and "output_staging" in r.stdout
+    r = conclave("job", "events", job_id, "--cluster", cf)
+    assert r.returncode == 0 and "job_complete" in r.stdout
+    r = conclave("status", "--cluster", cf)
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
+    assert r.returncode == 0 and len(rows) == 3
+    assert sorted(row[1] for row in rows) == ["follower", "follower", "leader"] and len({row[2] for row in rows}) == 1
+    r = conclave("job", "cancel", job_id, "--cluster", cf)
+    assert r.returncode == 0 and '"changed": false' in r.stdout
+    r = conclave("node", "drain", "n2", "--deadline", "30", "--cluster", cf)
+    assert r.returncode == 0 and '"draining"' in r.stdout
+    r = conclave("job", "status", "no-such-job", "--cluster", cf)
+    assert r.returncode == 1 and "not_found" in r.stderr
+    r = conclave(
+        "job", "run", str(ROOT / "examples" / "airavata_experiment.json"), "--cluster", cf, "--token", "wrongtoken"
+    )
+    assert r.returncode == 1 and "unauthorized" in r.stderr
