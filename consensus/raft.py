@@ -181,6 +181,13 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
         if meta is not None:
             meta.storeMeta = _durable_meta_writer(meta.getPath())
         add, send = journal.add, transport.send
+        resizable = getattr(journal, "_FileJournal__journalFile", None)
+        raw_file = getattr(resizable, "_ResizableFile__f", None)
+
+        def sync() -> None:
+            journal.flush()  # msync: the mmap'd records
+            if raw_file is not None:
+                os.fsync(raw_file.fileno())  # and the file's size after growth
 
         def add_and_mark(command: Any, idx: int, term: int) -> None:
             add(command, idx, term)
@@ -188,7 +195,7 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
 
         def flush_then_send(node: Any, message: Any) -> Any:
             if self._dirty and isinstance(message, dict) and message.get("type") in _ACK_CARRYING:
-                journal.flush()
+                sync()
                 self._dirty = False
                 self.fsyncs += 1
             return send(node, message)

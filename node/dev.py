@@ -51,6 +51,7 @@ def node_config_toml(
     token: str,
     secret: str,
     extra: str = "",
+    durable: bool = True,
 ) -> str:
     lines = [
         "[node]",
@@ -58,6 +59,7 @@ def node_config_toml(
         f'data_dir = "{data_dir}"',
         f'raft_address = "127.0.0.1:{raft_port}"',
         f'api_address = "127.0.0.1:{api_port}"',
+        f"durable = {'true' if durable else 'false'}",
         "",
         "[cluster]",
         f'token = "{token}"',
@@ -75,8 +77,8 @@ def node_config_toml(
     return "\n".join(lines) + extra
 
 
-def prepare(directory: Path, nodes: int) -> dict[str, Any]:
-    """Create (or load) the layout of a dev cluster in ``directory``."""
+def prepare(directory: Path, nodes: int, durable: bool = True, extra: str = "") -> dict[str, Any]:
+    """Create (or load) the layout of a dev cluster in ``directory``. ``extra`` is TOML appended to each config."""
     directory.mkdir(parents=True, exist_ok=True)
     meta_path = directory / "dev.json"
     if meta_path.exists():
@@ -98,7 +100,9 @@ def prepare(directory: Path, nodes: int) -> dict[str, Any]:
     for i, p in enumerate(peers):
         ndir = directory / p["id"]
         ndir.mkdir(exist_ok=True)
-        cfg = node_config_toml(p["id"], ndir / "data", ports[2 * i], ports[2 * i + 1], peers, token, secret)
+        cfg = node_config_toml(
+            p["id"], ndir / "data", ports[2 * i], ports[2 * i + 1], peers, token, secret, extra, durable
+        )
         (ndir / "conclave.toml").write_text(cfg)
         os.chmod(ndir / "conclave.toml", 0o600)
     meta = {"nodes": peers, "token": token}

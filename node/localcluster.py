@@ -33,9 +33,16 @@ def wait_until(what: str, fn: Callable[[], T | None], timeout: float, interval: 
 
 
 class LocalCluster:
-    def __init__(self, directory: Path, nodes: int = 3, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        nodes: int = 3,
+        env: dict[str, str] | None = None,
+        durable: bool = True,
+        extra_config: str = "",
+    ) -> None:
         self.dir = directory
-        self.meta = prepare(directory, nodes)
+        self.meta = prepare(directory, nodes, durable=durable, extra=extra_config)
         self.env = env or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.cluster = Cluster.from_file(directory / "cluster.json")

@@ -212,6 +212,7 @@ def test_agents_offers_and_status_fields(cluster: LocalCluster) -> None:
     st = cluster.status(leader)
     assert {"node_id", "role", "leader_id", "term", "applied_index", "state_digest"} <= set(st)
     assert st["role"] == "leader" and st["leader_id"] == leader
+    assert st["durable"] is True and st["journal_syncs"] > 0  # the journal is flushed before acks
     code, agents = cluster.api(leader, "GET", "/v1/agents")
     assert code == 200 and {a["id"] for a in agents["agents"]} == set(cluster.procs)
     for a in agents["agents"]:
