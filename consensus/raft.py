@@ -55,6 +55,8 @@ class RaftSettings:
     connection_timeout_s: float = 1.5
     connection_retry_s: float = 0.2
     leader_fallback_s: float = 2.0
+    snapshot_entries: int = 20_000
+    snapshot_interval_s: float = 60.0
 
 
 class RaftBackend(SyncObj):  # type: ignore[misc]
@@ -80,8 +82,8 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
             connectionTimeout=settings.connection_timeout_s,
             connectionRetryTime=settings.connection_retry_s,
             leaderFallbackTimeout=settings.leader_fallback_s,
-            logCompactionMinEntries=20_000,
-            logCompactionMinTime=60,
+            logCompactionMinEntries=settings.snapshot_entries,
+            logCompactionMinTime=settings.snapshot_interval_s,
             dynamicMembershipChange=False,
             commandsWaitLeader=False,
         )

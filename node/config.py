@@ -69,6 +69,11 @@ class AgentConfig:
         "output_staging",
     )
     attributes: dict[str, str] = field(default_factory=dict)
+    # Simulated agents (benchmarks): this many extra agents in this process, registered and reporting through
+    # the real log, that never run processes. Each uses the resources, task types and attributes above.
+    simulated: int = 0
+    simulated_task_s: float = 0.0  # a simulated attempt reports FINISHED this long after RUNNING
+    simulated_heartbeat_s: float = 2.0  # heartbeat period of an otherwise idle simulated agent
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ class NodeConfig:
     agent: AgentConfig
     timing: Timing
     durable: bool = True
+    snapshot_entries: int = 20_000  # compact the log into a snapshot after this many entries ...
+    snapshot_interval_s: float = 60.0  # ... or after this long
 
     @property
     def api_host(self) -> str:
@@ -211,6 +218,8 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> NodeConfig:
     durable = node.get("durable", True)
     if not isinstance(durable, bool):
         raise ConfigError("node.durable: expected true or false")
+    snapshot_entries = int(_num(node, "snapshot_entries", "node", 20_000, 10))
+    snapshot_interval_s = _num(node, "snapshot_interval_s", "node", 60.0, 1.0)
 
     cluster = _table(raw, "cluster")
     token = _secret(cluster, "token", "cluster", base)
@@ -270,6 +279,11 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> NodeConfig:
         disk_mb=int(disk),
         task_types=tuple(task_types),
         attributes=dict(attrs),
+        simulated=int(_num(agent_raw, "simulated", "agent", AgentConfig.simulated)),
+        simulated_task_s=_num(agent_raw, "simulated_task_s", "agent", AgentConfig.simulated_task_s),
+        simulated_heartbeat_s=_num(
+            agent_raw, "simulated_heartbeat_s", "agent", AgentConfig.simulated_heartbeat_s, 0.01
+        ),
     )
 
     timing_raw = _table(raw, "timing", required=False)
@@ -294,6 +308,8 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> NodeConfig:
         agent=agent,
         timing=timing,
         durable=durable,
+        snapshot_entries=snapshot_entries,
+        snapshot_interval_s=snapshot_interval_s,
     )
 
 

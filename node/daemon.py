@@ -15,6 +15,7 @@ from consensus.apply import Machine
 from consensus.raft import RaftBackend, RaftSettings
 from node.admin.app import NodeContext, make_app
 from node.agent.service import AgentService
+from node.agent.simulated import SimulatedAgents
 from node.bridge import Bridge
 from node.config import NodeConfig
 from node.leader.loop import LeaderLoop
@@ -38,6 +39,8 @@ def raft_settings(config: NodeConfig) -> RaftSettings:
         connection_timeout_s=t.raft_connection_timeout_s,
         connection_retry_s=t.raft_connection_retry_s,
         leader_fallback_s=t.leader_fallback_s,
+        snapshot_entries=config.snapshot_entries,
+        snapshot_interval_s=config.snapshot_interval_s,
     )
 
 
@@ -69,6 +72,10 @@ async def serve(config: NodeConfig) -> None:
         )
         (config.data_dir / "agent").mkdir(parents=True, exist_ok=True)
         tasks.append(asyncio.create_task(agent.run(), name="agent"))
+    simulated: SimulatedAgents | None = None
+    if config.agent.simulated > 0:
+        simulated = SimulatedAgents(bridge, config.node_id, config.agent, config.timing)
+        tasks.append(asyncio.create_task(simulated.run(), name="simulated-agents"))
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for t in done:
@@ -76,6 +83,8 @@ async def serve(config: NodeConfig) -> None:
             log.error("%s failed: %r", t.get_name(), t.exception())
     log.info("node %s stopping", config.node_id)
     leader.stop()
+    if simulated is not None:
+        simulated.stop()
     if agent is not None:
         try:
             await asyncio.wait_for(agent.stop(), 8)

@@ -52,6 +52,7 @@ def node_config_toml(
     secret: str,
     extra: str = "",
     durable: bool = True,
+    node_extra: str = "",
 ) -> str:
     lines = [
         "[node]",
@@ -60,6 +61,7 @@ def node_config_toml(
         f'raft_address = "127.0.0.1:{raft_port}"',
         f'api_address = "127.0.0.1:{api_port}"',
         f"durable = {'true' if durable else 'false'}",
+        node_extra,
         "",
         "[cluster]",
         f'token = "{token}"',
@@ -77,8 +79,10 @@ def node_config_toml(
     return "\n".join(lines) + extra
 
 
-def prepare(directory: Path, nodes: int, durable: bool = True, extra: str = "") -> dict[str, Any]:
-    """Create (or load) the layout of a dev cluster in ``directory``. ``extra`` is TOML appended to each config."""
+def prepare(directory: Path, nodes: int, durable: bool = True, extra: str = "", node_extra: str = "") -> dict[str, Any]:
+    """Create (or load) the layout of a dev cluster in ``directory``.
+
+    ``node_extra`` is TOML added to each config's ``[node]`` table, ``extra`` is appended at the end."""
     directory.mkdir(parents=True, exist_ok=True)
     meta_path = directory / "dev.json"
     if meta_path.exists():
@@ -101,7 +105,7 @@ def prepare(directory: Path, nodes: int, durable: bool = True, extra: str = "") 
         ndir = directory / p["id"]
         ndir.mkdir(exist_ok=True)
         cfg = node_config_toml(
-            p["id"], ndir / "data", ports[2 * i], ports[2 * i + 1], peers, token, secret, extra, durable
+            p["id"], ndir / "data", ports[2 * i], ports[2 * i + 1], peers, token, secret, extra, durable, node_extra
         )
         (ndir / "conclave.toml").write_text(cfg)
         os.chmod(ndir / "conclave.toml", 0o600)

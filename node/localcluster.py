@@ -40,9 +40,10 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         durable: bool = True,
         extra_config: str = "",
+        node_config: str = "",
     ) -> None:
         self.dir = directory
-        self.meta = prepare(directory, nodes, durable=durable, extra=extra_config)
+        self.meta = prepare(directory, nodes, durable=durable, extra=extra_config, node_extra=node_config)
         self.env = env or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.cluster = Cluster.from_file(directory / "cluster.json")
