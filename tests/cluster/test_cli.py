@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -109,3 +111,34 @@ def test_cli_against_a_live_cluster(live: LocalCluster) -> None:
         "job", "run", str(ROOT / "examples" / "airavata_experiment.json"), "--cluster", cf, "--token", "wrongtoken"
     )
     assert r.returncode == 1 and "unauthorized" in r.stderr
+
+
+@pytest.mark.cluster
+def test_dev_cluster_runs_the_sample_and_resumes_with_its_jobs(tmp_path: Path) -> None:
+    d = tmp_path / "dev"
+    sample = str(ROOT / "examples" / "airavata_experiment.json")
+    first = conclave("dev", "--dir", str(d), "--submit", sample, "--exit", timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "complete" in first.stdout and "stopped" in first.stdout
+    cluster = json.loads((d / "cluster.json").read_text())
+    assert [n["id"] for n in cluster["nodes"]] == ["n1", "n2", "n3"] and cluster["token"]
+    second = conclave("dev", "--dir", str(d), "--submit", sample, "--exit", timeout=180)
+    assert second.returncode == 0, second.stdout + second.stderr
+    # the restarted cluster still has the first run's job: both experiments are listed, both complete
+    ids = re.findall(r"^submitted \S+ as job (\w+);", first.stdout + second.stdout, re.MULTILINE)
+    assert len(ids) == 2 and ids[0] != ids[1]
+    third = subprocess.Popen(
+        [sys.executable, "-m", "node", "dev", "--dir", str(d)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert third.stdout is not None
+        for line in third.stdout:
+            if line.startswith("cluster running"):
+                break
+        listing = conclave("job", "list", "--cluster", str(d / "cluster.json"))
+        assert listing.returncode == 0
+        for job_id in ids:
+            assert f"{job_id}  complete" in listing.stdout
+    finally:
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(30) == 0
