@@ -49,6 +49,12 @@ async def serve(config: NodeConfig) -> None:
     unsafe = os.environ.get(UNSAFE_NO_FENCING_ENV) == "1"
     if unsafe:
         log.warning("%s=1: fencing is DISABLED (fault-injection only)", UNSAFE_NO_FENCING_ENV)
+    if config.secret is None:
+        log.warning(
+            "cluster.secret is not set: the Raft port %s accepts unauthenticated peers, and pysyncobj unpickles "
+            "what it receives; set a secret unless this address is reachable only by you",
+            config.raft_address,
+        )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     backend = RaftBackend(raft_settings(config), Machine())
     bridge = Bridge(backend, loop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +243,32 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_raft_port_refuses_unauthenticated_bytes(cluster: LocalCluster, tmp_path: Path) -> None:
+    """pysyncobj unpickles what reaches its port; with the cluster secret set, forged frames are dropped."""
+    import pickle
+    import socket
+    import struct
+    import zlib
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    frame = zlib.compress(pickle.dumps(Exploit()))
+    node = next(iter(cluster.procs))
+    peer = next(p for p in cluster.meta["nodes"] if p["id"] == node)
+    host, port = peer["raft"].rsplit(":", 1)
+    for payload in (struct.pack("i", len(frame)) + frame, b"\x10\x00\x00\x00" + b"\x00" * 16):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(payload)
+            # the node reads the frame, fails to authenticate it and hangs up: that is our synchronization point
+            try:
+                assert s.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+    assert not marker.exists()
+    cluster.wait_ready()
