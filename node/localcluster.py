@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -187,3 +188,19 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, nodes: int = 3, **options: Any) -> Iterator[LocalCluster]:
+    """A started, ready cluster; on exit every node is resumed (if frozen) and stopped, and no task is left."""
+    c = LocalCluster(directory, nodes=nodes, **options)
+    c.start()
+    try:
+        c.wait_ready()
+        yield c
+    finally:
+        for proc in c.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+        c.stop()
+        wait_until("no task processes left behind", lambda: not c.alive_pids_of_tasks(), 10)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node.localcluster import LocalCluster
+from node.localcluster import LocalCluster, running_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,13 +78,8 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("cli") / "c", nodes=3)
-    c.start()
-    try:
-        c.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("cli") / "c") as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.mark.cluster

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,6 @@ import pytest
 from node.localcluster import LocalCluster, pid_alive, sleep_job, wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "c", nodes=3)
-    c.start()
-    try:
-        c.wait_ready()
-        yield c
-    finally:
-        c.stop()
-        wait_until("no task processes left behind", lambda: not c.alive_pids_of_tasks(), 10)
 
 
 def followers(c: LocalCluster, leader: str) -> list[str]:

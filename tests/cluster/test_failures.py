@@ -7,7 +7,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,6 @@ from node.client import ClientError
 from node.localcluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "c", nodes=3)
-    c.start()
-    try:
-        c.wait_ready()
-        yield c
-    finally:
-        for proc in c.procs.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-        c.stop()
-        wait_until("no task processes left behind", lambda: not c.alive_pids_of_tasks(), 10)
 
 
 def ticking_task(name: str, ticks_dir: Path, seconds: float, **extra: Any) -> dict[str, Any]:

@@ -9,20 +9,18 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from node.localcluster import LocalCluster, wait_until
+from node.localcluster import LocalCluster, running_cluster, wait_until
 
 pytestmark = pytest.mark.cluster
 
 
+SNAPSHOT_OFTEN = "snapshot_entries = 40\nsnapshot_interval_s = 1.0"
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "c", nodes=3, node_config="snapshot_entries = 40\nsnapshot_interval_s = 1.0")
-    c.start()
-    try:
-        c.wait_ready()
+    with running_cluster(tmp_path / "c", node_config=SNAPSHOT_OFTEN) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def snapshot_file(c: LocalCluster, node: str) -> Path:
