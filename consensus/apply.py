@@ -131,12 +131,14 @@ def _end_attempt(
     _event(job, idx, t, "attempt_" + str(state).lower(), att.task, att.id, att.message)
 
     if state == TaskState.FINISHED:
+        if task.state != TaskState.FINISHED:
+            job.unfinished -= 1
         task.state = TaskState.FINISHED
         for dep_name in job.dependents[task.spec.name]:
             dep = job.tasks[dep_name]
             dep.unfinished_deps -= 1
             _make_runnable(st, job, dep)
-        if job.state not in JOB_TERMINAL and all(x.state == TaskState.FINISHED for x in job.tasks.values()):
+        if job.state not in JOB_TERMINAL and job.unfinished == 0:
             _job_state(st, job, JobState.COMPLETE, idx, t)
         return
 

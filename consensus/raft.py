@@ -86,6 +86,9 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
             logCompactionMinTime=settings.snapshot_interval_s,
             dynamicMembershipChange=False,
             commandsWaitLeader=False,
+            # pysyncobj splits larger entries into chunks and mis-detects the last chunk (followers raise
+            # UnpicklingError); API bodies are capped at 1 MiB, so entries stay well below this.
+            appendEntriesBatchSizeBytes=4 * 1024 * 1024,
         )
         super().__init__(settings.self_address, list(settings.partner_addresses), conf=conf)
         if self._durable:

@@ -200,6 +200,7 @@ class Job:
     events: list[list[Any]] = field(default_factory=list)
     # derived: task name -> names of tasks depending on it
     dependents: dict[str, list[str]] = field(default_factory=dict)
+    unfinished: int = 0  # derived: tasks not FINISHED
 
     def to_wire(self) -> list[Any]:
         return [
@@ -236,6 +237,7 @@ class Job:
         return job
 
     def build_dependents(self) -> None:
+        self.unfinished = sum(1 for t in self.tasks.values() if t.state != TaskState.FINISHED)
         self.dependents = {name: [] for name in self.tasks}
         for t in self.tasks.values():
             t.unfinished_deps = 0

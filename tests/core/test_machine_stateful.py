@@ -211,6 +211,14 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert done and done[-1].finished_at is not None and done[-1].finished_at <= att.launched_at
 
     @invariant()
+    def derived_counts_match(self) -> None:
+        for job in self.m.state.jobs.values():
+            unfinished = sum(1 for t in job.tasks.values() if t.state != TaskState.FINISHED)
+            assert job.unfinished == unfinished
+            if job.state.value == "complete":
+                assert unfinished == 0
+
+    @invariant()
     def one_live_attempt_per_task(self) -> None:
         seen: set[tuple[str, str]] = set()
         for att in self.m.state.attempts.values():

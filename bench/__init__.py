@@ -1,0 +1,1 @@
+"""Conclave's benchmark suite: ``python -m bench run --profile smoke|quick|full``."""
