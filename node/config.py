@@ -295,6 +295,12 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> NodeConfig:
     timing = Timing(**{k: _num(timing_raw, k, "timing", getattr(defaults, k), 0.001) for k in timing_raw})
     if timing.raft_min_timeout_s >= timing.raft_max_timeout_s:
         raise ConfigError("timing: raft_min_timeout_s must be below raft_max_timeout_s")
+    if timing.raft_min_timeout_s <= 3 * timing.raft_append_period_s:
+        raise ConfigError("timing: raft_min_timeout_s must exceed 3 x raft_append_period_s (heartbeats per election)")
+    if timing.raft_connection_timeout_s < timing.raft_max_timeout_s:
+        raise ConfigError("timing: raft_connection_timeout_s must be at least raft_max_timeout_s")
+    if timing.leader_fallback_s <= timing.raft_append_period_s:
+        raise ConfigError("timing: leader_fallback_s must exceed raft_append_period_s")
     if timing.agent_lease_s >= timing.agent_timeout_s:
         raise ConfigError("timing: agent_lease_s must be below agent_timeout_s (fencing needs the margin)")
     return NodeConfig(

@@ -52,6 +52,12 @@ def conclave(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
             "[timing]\nagent_lease_s=9\n",
             "agent_lease_s must be below agent_timeout_s",
         ),
+        (
+            "[node]\nid='n1'\ndata_dir='/tmp/x'\nraft_address='127.0.0.1:1'\napi_address='127.0.0.1:2'\n"
+            "[cluster]\ntoken='long-enough'\n[[cluster.peers]]\nid='n1'\nraft_address='127.0.0.1:1'\napi_url='http://x'\n"
+            "[timing]\nraft_min_timeout_s=0.1\n",
+            "raft_min_timeout_s must exceed 3 x raft_append_period_s",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path: Path, toml: str, message: str) -> None:
