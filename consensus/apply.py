@@ -14,6 +14,7 @@ from typing import Any
 from consensus.codec import DecodeError, decode, encode
 from consensus.commands import (
     AgentLost,
+    Batch,
     CancelJob,
     Command,
     DrainAgent,
@@ -530,23 +531,40 @@ class Machine:
         self.on_applied: Callable[[Command | None, Result], None] | None = None
 
     def apply(self, data: bytes) -> Result:
+        """Apply one log entry. A ``Batch`` entry's value is the list of its commands' results."""
         st = self.state
         st.applied += 1
         idx = st.applied
         cmd: Command | None = None
         try:
             cmd = decode(data)
-            value = HANDLERS[type(cmd)](st, cmd, idx)
-            result = Result(idx, True, value=value)
         except DecodeError as e:
             result = Result(idx, False, e.code, str(e))
-        except Reject as r:
-            result = Result(idx, False, r.code, r.message)
-        except Exception as e:  # a handler bug: deterministic on every replica, so report it, never diverge
-            result = Result(idx, False, "internal_error", f"{type(e).__name__}: {e}")
+        else:
+            if isinstance(cmd, Batch):
+                result = Result(idx, True, value=[self._apply_one(sub, idx, nested=True) for sub in cmd.entries])
+            else:
+                result = self._dispatch(cmd, idx)
         if self.on_applied is not None:
             self.on_applied(cmd, result)
         return result
+
+    def _apply_one(self, data: bytes, idx: int, nested: bool) -> Result:
+        try:
+            cmd = decode(data)
+        except DecodeError as e:
+            return Result(idx, False, e.code, str(e))
+        if nested and isinstance(cmd, Batch):
+            return Result(idx, False, "invalid", "a batch cannot contain a batch")
+        return self._dispatch(cmd, idx)
+
+    def _dispatch(self, cmd: Command, idx: int) -> Result:
+        try:
+            return Result(idx, True, value=HANDLERS[type(cmd)](self.state, cmd, idx))
+        except Reject as r:
+            return Result(idx, False, r.code, r.message)
+        except Exception as e:  # a handler bug: deterministic on every replica, so report it, never diverge
+            return Result(idx, False, "internal_error", f"{type(e).__name__}: {e}")
 
     def apply_command(self, cmd: Command) -> Result:
         return self.apply(encode(cmd))

@@ -28,6 +28,7 @@ class CommandType(IntEnum):
     DRAIN_AGENT = 10
     RETRY_JOB = 11
     KILL_ATTEMPTS = 12
+    BATCH = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,14 @@ class KillAttempts:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Several encoded commands proposed together (group commit): applied in order, each with its own result.
+    A batch inside a batch is refused."""
+
+    entries: list[bytes]
+
+
 Command = (
     LeaderElected
     | RegisterFramework
@@ -150,6 +159,7 @@ Command = (
     | DrainAgent
     | RetryJob
     | KillAttempts
+    | Batch
 )
 
 COMMAND_CLASSES: dict[CommandType, type[Any]] = {
@@ -165,6 +175,7 @@ COMMAND_CLASSES: dict[CommandType, type[Any]] = {
     CommandType.DRAIN_AGENT: DrainAgent,
     CommandType.RETRY_JOB: RetryJob,
     CommandType.KILL_ATTEMPTS: KillAttempts,
+    CommandType.BATCH: Batch,
 }
 TYPE_OF: dict[type[Any], CommandType] = {cls: t for t, cls in COMMAND_CLASSES.items()}
 
@@ -177,6 +188,7 @@ _PY_TYPES: dict[str, tuple[type[Any], ...]] = {
     "list[list[Any]]": (list,),
     "dict[str, str]": (dict,),
     "dict[str, Any]": (dict,),
+    "list[bytes]": (list,),
 }
 FIELD_TYPES: dict[type[Any], list[tuple[str, str]]] = {
     cls: [(f.name, str(f.type)) for f in fields(cls)] for cls in COMMAND_CLASSES.values()
@@ -201,4 +213,6 @@ def field_ok(value: Any, annotation: str) -> bool:
         return all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     if annotation == "dict[str, Any]":
         return all(isinstance(k, str) for k in value)
+    if annotation == "list[bytes]":
+        return all(isinstance(x, bytes) for x in value)
     return True

@@ -36,6 +36,7 @@ def test_command_numbers_are_append_only() -> None:
         ("DRAIN_AGENT", 10),
         ("RETRY_JOB", 11),
         ("KILL_ATTEMPTS", 12),
+        ("BATCH", 13),
     ]
     assert set(COMMAND_CLASSES) == set(CommandType)
 

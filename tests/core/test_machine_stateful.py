@@ -16,6 +16,7 @@ from consensus.apply import WORKFLOW_FRAMEWORK, Machine, Result
 from consensus.codec import encode
 from consensus.commands import (
     AgentLost,
+    Batch,
     CancelJob,
     Command,
     DrainAgent,
@@ -180,6 +181,20 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.submit(CancelJob(job_id, "user", self.tick()))
         else:
             self.submit(RetryJob(f"retry-{self.tick()}", job_id, self.now))
+
+    @rule(spec=job_specs(), agent=st.sampled_from(AGENTS))
+    def group_commit(self, spec: dict[str, Any], agent: str) -> None:
+        self.jobs += 1
+        subs = [
+            encode(Heartbeat(agent, self.incarnations[agent], self.tick())),
+            encode(SubmitJob(f"r{self.jobs}", f"j{self.jobs}", WORKFLOW_FRAMEWORK, spec, self.now)),
+            b"\xc1garbage",
+            encode(Batch([encode(Heartbeat(agent, self.incarnations[agent], self.now))])),
+        ]
+        r = self.submit(Batch(subs))
+        assert r.ok and len(r.value) == 4
+        assert r.value[0].ok and r.value[2].code == "malformed" and r.value[3].code == "invalid"
+        assert all(sub.index == r.index for sub in r.value)
 
     @rule(blob=st.binary(max_size=40))
     def garbage(self, blob: bytes) -> None:
