@@ -122,8 +122,8 @@ async def _commit(ctx: NodeContext, cmd: Command) -> Result:
     backend = ctx.bridge.backend
     if _leader_id(ctx) is None:
         raise ApiError(503, "no_leader", "no leader is known; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
-    if backend.is_leader() and not backend.has_quorum():
-        # a leader cut off from a majority cannot commit; say so now instead of after the request timeout
+    if not backend.has_quorum():
+        # a node cut off from a majority cannot get anything committed; say so now, not after the timeout
         raise ApiError(
             503, "no_quorum", "this node cannot reach a majority; retry shortly", {"Retry-After": str(RETRY_AFTER_S)}
         )
