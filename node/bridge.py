@@ -47,6 +47,7 @@ class Bridge:
         self._in_flight = 0
         self.batches = 0  # entries proposed
         self.batched_commands = 0  # commands they carried
+        self._digest_cache: tuple[int, str] = (-1, "")
         backend.machine.on_applied = self._on_applied_thread
 
     # ---------------------------------------------------------------- consensus thread -> loop
@@ -142,6 +143,10 @@ class Bridge:
             return fn(self.backend.machine.state)
 
     def digest_and_index(self) -> tuple[str, int]:
+        """The state digest at the current applied index. O(state) under the apply lock, so it is cached per
+        index; pollers that only need liveness should ask ``/v1/status?digest=0``."""
         with self.backend.lock:
             st = self.backend.machine.state
-            return st.digest(), st.applied
+            if self._digest_cache[0] != st.applied:
+                self._digest_cache = (st.applied, st.digest())
+            return self._digest_cache[1], st.applied

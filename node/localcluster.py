@@ -73,14 +73,15 @@ class LocalCluster:
     def pid(self, node_id: str) -> int:
         return self.procs[node_id].pid
 
-    def status(self, node_id: str) -> dict[str, Any]:
-        code, body = request(self.urls[node_id], "GET", "/v1/status", timeout=2.0)
+    def status(self, node_id: str, digest: bool = False) -> dict[str, Any]:
+        path = "/v1/status" if digest else "/v1/status?digest=0"
+        code, body = request(self.urls[node_id], "GET", path, timeout=2.0)
         assert code == 200
         assert isinstance(body, dict)
         return body
 
-    def statuses(self, nodes: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        return {n: self.status(n) for n in (nodes or list(self.procs))}
+    def statuses(self, nodes: list[str] | None = None, digest: bool = False) -> dict[str, dict[str, Any]]:
+        return {n: self.status(n, digest) for n in (nodes or list(self.procs))}
 
     def wait_leader(self, nodes: list[str] | None = None, timeout: float = 30.0) -> str:
         """Every listed (running) node agrees on one leader, and that leader is acting."""
@@ -111,7 +112,7 @@ class LocalCluster:
         """All running nodes report the same applied index and digest (sampled until they do)."""
 
         def same() -> tuple[int, str] | None:
-            sts = self.statuses()
+            sts = self.statuses(digest=True)
             pairs = {(s["applied_index"], s["state_digest"]) for s in sts.values()}
             return pairs.pop() if len(pairs) == 1 else None
 

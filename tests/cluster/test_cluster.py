@@ -212,9 +212,9 @@ def test_bad_input_gets_clear_4xx_and_changes_nothing(cluster: LocalCluster) -> 
 
 def test_agents_offers_and_status_fields(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
-    st = cluster.status(leader)
+    st = cluster.status(leader, digest=True)
     assert {"node_id", "role", "leader_id", "term", "applied_index", "state_digest"} <= set(st)
-    assert st["role"] == "leader" and st["leader_id"] == leader
+    assert st["role"] == "leader" and st["leader_id"] == leader and len(st["state_digest"]) == 64
     assert st["durable"] is True and st["journal_syncs"] > 0  # the journal is flushed before acks
     code, agents = cluster.api(leader, "GET", "/v1/agents")
     assert code == 200 and {a["id"] for a in agents["agents"]} == set(cluster.procs)
