@@ -107,7 +107,7 @@ class BenchCluster:
     def status(self, node_id: str, timeout: float = 5.0) -> dict[str, Any]:
         from node.client import request
 
-        code, body = request(self.urls[node_id], "GET", "/v1/status", timeout=timeout)
+        code, body = request(self.urls[node_id], "GET", "/v1/status?digest=0", timeout=timeout)
         if code != 200 or not isinstance(body, dict):
             raise RuntimeError(f"{node_id}: status {code}")
         return body

@@ -8,7 +8,7 @@ Snapshots go through pysyncobj's serializer hooks as msgpack (never pickle): the
 two log entries and the membership pysyncobj needs to resume. Both the journal and the dump file are always
 configured together: either alone loses or wedges state on a full restart.
 
-Durable mode (the default) flushes the journal to disk before this node sends anything that lets an entry count
+Durable mode (the default) syncs the journal to disk before this node sends anything that lets an entry count
 as persisted: a follower's acknowledgement, or a leader's append to its followers. pysyncobj itself never syncs.
 """
 
@@ -65,6 +65,8 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
         self.lock = threading.RLock()
         self._durable = settings.durable
         self._dirty = False
+        self._collecting = False
+        self._append_pending = False
         self.fsyncs = 0
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         conf = SyncObjConf(
@@ -109,6 +111,27 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
                 callback(None, _FAIL_CODES.get(error, f"failed_{error}"))
 
         self._entry(data, callback=done)
+
+    # ------------------------------------------------------------------ one append per tick, not per command
+
+    def _checkCommandsToApply(self) -> None:
+        """pysyncobj (with appendEntriesUseBatch=False) sends an append to every follower after *each* queued
+        command, and in durable mode each send costs a journal sync. Collect the tick's commands first, then
+        sync once and send once: one round trip carries all of them."""
+        self._collecting = True
+        try:
+            super()._checkCommandsToApply()
+        finally:
+            self._collecting = False
+        if self._append_pending:
+            self._append_pending = False
+            super()._SyncObj__sendAppendEntries()
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        if self._collecting:
+            self._append_pending = True
+            return
+        super()._SyncObj__sendAppendEntries()
 
     # ------------------------------------------------------------------ leadership
 
@@ -190,9 +213,13 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
         raw_file = getattr(resizable, "_ResizableFile__f", None)
 
         def sync() -> None:
-            journal.flush()  # msync: the mmap'd records
+            # On Linux, msync(MS_SYNC) of a shared file mapping is an fsync of the file's range, and pages dirtied
+            # through the mapping are tracked as dirty file pages: one fdatasync covers the mmap'd records and
+            # the file's size after growth. Without the file object, fall back to msync.
             if raw_file is not None:
-                os.fsync(raw_file.fileno())  # and the file's size after growth
+                os.fdatasync(raw_file.fileno())
+            else:
+                journal.flush()
 
         def add_and_mark(command: Any, idx: int, term: int) -> None:
             add(command, idx, term)
