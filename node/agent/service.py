@@ -13,10 +13,12 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from consensus.commands import Heartbeat, RegisterAgent, StatusUpdate
+from consensus.apply import Result
+from consensus.commands import Command, Heartbeat, RegisterAgent, StatusUpdate
 from consensus.state import ACTIVE, State, TaskState
 from node.agent.executor import Executor, ExitReport
 from node.bridge import Bridge, NotCommitted
@@ -26,6 +28,35 @@ from node.leader.loop import now_ms
 log = logging.getLogger("conclave.agent")
 
 MAX_UPDATES_PER_ENTRY = 5000
+
+
+def register_command(agent_id: str, incarnation: str, cfg: AgentConfig) -> RegisterAgent:
+    return RegisterAgent(
+        agent_id,
+        incarnation,
+        round(cfg.cpus * 1000),
+        cfg.mem_mb,
+        cfg.disk_mb,
+        list(cfg.task_types),
+        dict(cfg.attributes),
+        now_ms(),
+    )
+
+
+async def propose_until_committed(
+    bridge: Bridge, make: Callable[[], Command], timing: Timing, stopped: Callable[[], bool]
+) -> Result | None:
+    """Propose a fresh command (re-stamped each try) until it commits, backing off; None once ``stopped()``."""
+    delay = 0.1
+    while not stopped():
+        cmd = make()
+        try:
+            return await bridge.propose(cmd, timing.request_timeout_s)
+        except NotCommitted as e:
+            log.info("%s not committed yet (%s); retrying", type(cmd).__name__, e.code)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    return None
 
 
 @dataclass
@@ -95,27 +126,15 @@ class AgentService:
                 log.info("could not report final updates; the leader will reconcile")
 
     async def _register(self) -> None:
-        cfg = self.config
-        delay = 0.1
-        while not self._stopping:
+        sent = time.monotonic()
+
+        def stamp() -> RegisterAgent:
+            nonlocal sent
             sent = time.monotonic()
-            try:
-                cmd = RegisterAgent(
-                    self.agent_id,
-                    self.incarnation,
-                    round(cfg.cpus * 1000),
-                    cfg.mem_mb,
-                    cfg.disk_mb,
-                    list(cfg.task_types),
-                    dict(cfg.attributes),
-                    now_ms(),
-                )
-                result = await self.bridge.propose(cmd, self.timing.request_timeout_s)
-            except NotCommitted as e:
-                log.info("registration not committed yet (%s); retrying", e.code)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
+            return register_command(self.agent_id, self.incarnation, self.config)
+
+        result = await propose_until_committed(self.bridge, stamp, self.timing, lambda: self._stopping)
+        if result is not None:
             if not result.ok:
                 raise RuntimeError(f"agent registration refused: {result.message}")
             self._renew(sent)
@@ -123,7 +142,6 @@ class AgentService:
             if result.value["lost"]:
                 log.warning("previous incarnation's attempts reported lost: %s", result.value["lost"])
             log.info("agent %s registered (incarnation %s)", self.agent_id, self.incarnation)
-            return
 
     def _renew(self, sent_monotonic: float) -> None:
         deadline = sent_monotonic + self.timing.agent_lease_s

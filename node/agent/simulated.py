@@ -21,8 +21,9 @@ import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
-from consensus.commands import Heartbeat, RegisterAgent, StatusUpdate
+from consensus.commands import Heartbeat, StatusUpdate
 from consensus.state import State, TaskState
+from node.agent.service import propose_until_committed, register_command
 from node.bridge import Bridge, NotCommitted
 from node.config import AgentConfig, Timing
 from node.leader.loop import now_ms
@@ -104,32 +105,20 @@ class SimulatedAgents:
         cfg = self.config
 
         async def register(agent_id: str) -> None:
-            delay = 0.1
             async with sem:
-                while not self._stopping:
-                    cmd = RegisterAgent(
-                        agent_id,
-                        self.incarnation,
-                        round(cfg.cpus * 1000),
-                        cfg.mem_mb,
-                        cfg.disk_mb,
-                        list(cfg.task_types),
-                        dict(cfg.attributes),
-                        now_ms(),
-                    )
-                    try:
-                        result = await self.bridge.propose(cmd, self.timing.request_timeout_s)
-                    except NotCommitted:
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-                        continue
+                result = await propose_until_committed(
+                    self.bridge,
+                    lambda: register_command(agent_id, self.incarnation, cfg),
+                    self.timing,
+                    lambda: self._stopping,
+                )
+                if result is not None:
                     if not result.ok:
                         log.error("simulated agent %s refused: %s", agent_id, result.message)
                         return
                     self._registered.add(agent_id)
                     self._last_contact[agent_id] = time.monotonic()
                     self.stats.registered += 1
-                    return
 
         await asyncio.gather(*(register(a) for a in self.ids))
         log.info("%d simulated agent(s) registered on %s", len(self._registered), self.node_id)
