@@ -51,6 +51,11 @@ MAX_BACKOFF_MS = 300_000
 MAX_MESSAGE = 1000
 
 
+# what an agent may report, by name; PENDING and STAGING are the cluster's to set
+_REPORTABLE: dict[str, TaskState] = {s.value: s for s in TaskState if s not in (TaskState.PENDING, TaskState.STAGING)}
+_EVENT_NAME = {s: "attempt_" + s.value.lower() for s in TaskState}
+
+
 class Reject(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -129,7 +134,7 @@ def _end_attempt(
     att.finished_at = t
     agent.used = agent.used - task.spec.resources
     agent.attempts.pop(att.id, None)
-    _event(job, idx, t, "attempt_" + str(state).lower(), att.task, att.id, att.message)
+    _event(job, idx, t, _EVENT_NAME[state], att.task, att.id, att.message)
 
     if state == TaskState.FINISHED:
         if task.state != TaskState.FINISHED:
@@ -379,19 +384,21 @@ def status_update(st: State, cmd: StatusUpdate, idx: int) -> Any:
     agent = _live_agent(st, cmd.agent_id, cmd.incarnation)
     parsed: list[tuple[str, TaskState, int | None, str]] = []
     for u in cmd.updates:
-        if (
-            len(u) != 4
-            or not isinstance(u[0], str)
-            or not isinstance(u[1], str)
-            or u[1] not in TaskState.__members__
-            or not (u[2] is None or (isinstance(u[2], int) and not isinstance(u[2], bool)))
-            or not isinstance(u[3], str)
-        ):
+        if len(u) != 4:
             raise Reject("invalid", "each update is [attempt_id, state, exit_code|null, message]")
-        state = TaskState(u[1])
-        if state in (TaskState.PENDING, TaskState.STAGING):
-            raise Reject("invalid", f"an agent cannot report {state}")
-        parsed.append((u[0], state, u[2], u[3]))
+        att_id, name, code, message = u
+        reported = _REPORTABLE.get(name) if isinstance(name, str) else None
+        if (
+            reported is None
+            or not isinstance(att_id, str)
+            or not (code is None or (isinstance(code, int) and not isinstance(code, bool)))
+            or not isinstance(message, str)
+        ):
+            raise Reject(
+                "invalid",
+                "each update is [attempt_id, STARTING|RUNNING|FINISHED|FAILED|KILLED|LOST, exit_code|null, message]",
+            )
+        parsed.append((att_id, reported, code, message))
     t = _tick(st, cmd.now)
     _beat(agent, t)
     applied: list[str] = []
@@ -410,7 +417,7 @@ def status_update(st: State, cmd: StatusUpdate, idx: int) -> Any:
             job.tasks[att.task].state = state
             if state == TaskState.RUNNING:
                 att.started_at = t
-            _event(job, idx, t, "attempt_" + str(state).lower(), att.task, att.id)
+            _event(job, idx, t, _EVENT_NAME[state], att.task, att.id)
         else:
             if att.started_at is None and state == TaskState.FINISHED:
                 att.started_at = t
