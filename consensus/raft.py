@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
             appendEntriesBatchSizeBytes=4 * 1024 * 1024,
         )
         super().__init__(settings.self_address, list(settings.partner_addresses), conf=conf)
+        self.stale_appends_kept = 0
+        self._install_append_guard()
         if self._durable:
             self._install_flush_before_ack()
 
@@ -158,6 +161,7 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
             "log_len": int(s["log_len"]),
             "has_quorum": bool(s["has_quorum"]),
             "fsyncs": self.fsyncs,
+            "stale_appends_kept": self.stale_appends_kept,
         }
 
     def start(self) -> None:
@@ -198,6 +202,36 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
         last, prev = obj["last"], obj["prev"]
         return (last[0], last[1], last[2]), (prev[0], prev[1], prev[2]), {TCPNode(a) for a in obj["cluster"]}
 
+    # ------------------------------------------------------------------ a follower never shrinks its log needlessly
+
+    def _install_append_guard(self) -> None:
+        """pysyncobj's follower deletes every entry after ``prevLogIdx`` whenever an append is shorter than its log
+        — a delayed or repeated append from the current leader shrinks a log that holds committed entries, and a
+        shrunken log can then vote for a candidate that lacks them. Raft deletes only on a term conflict. We
+        rewrite such an append, when it conflicts with nothing we hold, into a heartbeat at our last entry."""
+        transport = self._SyncObj__transport
+        deliver = transport._onMessageReceivedCallback
+        get_entries = self._SyncObj__getEntries
+
+        def term_at(idx: int) -> int | None:
+            found = get_entries(idx, 1)
+            return int(found[0][2]) if found else None
+
+        def guarded(node: Any, message: Any) -> None:
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                kept = skip_held_entries(
+                    message,
+                    current_term=self.raftCurrentTerm,
+                    last_index=self._SyncObj__getCurrentLogIndex(),
+                    term_at=term_at,
+                )
+                if kept is not message:
+                    self.stale_appends_kept += 1
+                    message = kept
+            deliver(node, message)
+
+        transport.setOnMessageReceivedCallback(guarded)
+
     # ------------------------------------------------------------------ durability
 
     def _install_flush_before_ack(self) -> None:
@@ -216,10 +250,13 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
             # On Linux, msync(MS_SYNC) of a shared file mapping is an fsync of the file's range, and pages dirtied
             # through the mapping are tracked as dirty file pages: one fdatasync covers the mmap'd records and
             # the file's size after growth. Without the file object, fall back to msync.
-            if raw_file is not None:
-                os.fdatasync(raw_file.fileno())
-            else:
-                journal.flush()
+            try:
+                if raw_file is not None:
+                    os.fdatasync(raw_file.fileno())
+                else:
+                    journal.flush()
+            except OSError as e:
+                fail_stop(f"cannot sync the Raft journal: {e}")
 
         def add_and_mark(command: Any, idx: int, term: int) -> None:
             add(command, idx, term)
@@ -236,6 +273,43 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
         transport.send = flush_then_send
 
 
+def skip_held_entries(
+    message: dict[str, Any], current_term: int, last_index: int, term_at: Callable[[int], int | None]
+) -> dict[str, Any]:
+    """Return ``message`` unchanged, or, when it is an append from the current leader that only repeats entries
+    we already hold with the same terms and our last entry is of the leader's term, an empty append at our last
+    entry. Our last entry then comes from this very leader, so by Raft's log-matching property our whole log is a
+    prefix of the leader's, and acknowledging up to it is true."""
+    if "prevLogIdx" not in message or message.get("transmission") is not None or message.get("serialized"):
+        return message
+    term = message.get("term")
+    if term != current_term:
+        return message
+    prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+    entries = message.get("entries") or []
+    end = entries[-1][1] if entries else prev_idx
+    if end >= last_index or term_at(last_index) != term:
+        return message
+    if term_at(prev_idx) != prev_term:
+        return message
+    for entry in entries:
+        if term_at(entry[1]) != entry[2]:
+            return message  # a real conflict: let pysyncobj truncate, as Raft says
+    out = dict(message)
+    out["entries"] = []
+    out["prevLogIdx"] = last_index
+    out["prevLogTerm"] = term
+    return out
+
+
+def fail_stop(reason: str) -> None:
+    """A node that cannot make its promises durable must not make them: stop at once (exit status 75), before
+    anything counts this node's copy. A supervisor (systemd, the dev cluster, the chaos harness) restarts it."""
+    log.critical("%s; stopping the node", reason)
+    logging.shutdown()
+    os._exit(75)
+
+
 def _durable_meta_writer(path: str) -> Any:
     """Term and vote must survive power loss before this node votes or acts on a new term (Raft's rule)."""
     from pysyncobj.journal import dumps
@@ -244,16 +318,19 @@ def _durable_meta_writer(path: str) -> Any:
 
     def store(meta: Any) -> None:
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(dumps(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            with open(tmp, "wb") as f:
+                f.write(dumps(meta))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            fail_stop(f"cannot persist Raft term/vote to {path}: {e}")
 
     return store
 

@@ -44,7 +44,8 @@ def raft_settings(config: NodeConfig) -> RaftSettings:
     )
 
 
-async def serve(config: NodeConfig) -> None:
+async def serve(config: NodeConfig) -> int:
+    """Run the node until SIGTERM/SIGINT (exit status 0) or until one of its loops fails (1)."""
     loop = asyncio.get_running_loop()
     unsafe = os.environ.get(UNSAFE_NO_FENCING_ENV) == "1"
     if unsafe:
@@ -84,9 +85,11 @@ async def serve(config: NodeConfig) -> None:
         tasks.append(asyncio.create_task(simulated.run(), name="simulated-agents"))
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = False
     for t in done:
-        if t is not waiter and t.exception() is not None:
-            log.error("%s failed: %r", t.get_name(), t.exception())
+        if t is not waiter:
+            failed = True  # these loops run until told to stop: ending early is a failure
+            log.error("%s stopped unexpectedly: %r", t.get_name(), t.exception())
     log.info("node %s stopping", config.node_id)
     leader.stop()
     if simulated is not None:
@@ -100,9 +103,9 @@ async def serve(config: NodeConfig) -> None:
         t.cancel()
     await runner.cleanup()
     backend.stop()
+    return 1 if failed else 0
 
 
 def run_node(config: NodeConfig) -> int:
     uvloop.install()
-    asyncio.run(serve(config))
-    return 0
+    return asyncio.run(serve(config))

@@ -172,6 +172,7 @@ async def get_status(request: web.Request) -> web.Response:
         "last_apply_age_s": round(time.monotonic() - ctx.bridge.last_apply_monotonic, 3),
         "commit_index": raft.get("commit_idx"),
         "journal_syncs": raft.get("fsyncs"),
+        "stale_appends_kept": raft.get("stale_appends_kept"),
         "durable": ctx.config.durable,
         "uptime_s": round(time.monotonic() - ctx.started, 1),
         "leader_stats": vars(ctx.leader.stats) if ctx.leader.is_acting() else None,

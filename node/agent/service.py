@@ -100,8 +100,13 @@ class AgentService:
             generation = self.bridge.generation
             while not self._stopping:
                 generation = await self._wait(generation)
-                await self._reconcile()
-                await self._flush()
+                try:
+                    await self._reconcile()
+                    await self._flush()
+                except OSError as e:
+                    # the node stays a voter and keeps serving; the agent retries on the next change
+                    log.error("agent step failed: %s", e)
+                    await asyncio.sleep(0.5)
         finally:
             hb.cancel()
 
@@ -146,9 +151,14 @@ class AgentService:
     def _renew(self, sent_monotonic: float) -> None:
         deadline = sent_monotonic + self.timing.agent_lease_s
         if deadline > self.lease_deadline:
-            self.lease_deadline = deadline
             if self.fencing:
-                self.executor.renew_lease(deadline)
+                try:
+                    self.executor.renew_lease(deadline)
+                except OSError as e:
+                    # e.g. a full disk: the supervisors keep the old deadline and fence when it lapses (safe)
+                    log.error("cannot renew the lease file: %s; running tasks will be fenced", e)
+                    return
+            self.lease_deadline = deadline
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
