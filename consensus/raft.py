@@ -206,9 +206,9 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
 
     def _install_append_guard(self) -> None:
         """pysyncobj's follower deletes every entry after ``prevLogIdx`` whenever an append is shorter than its log
-        — a delayed or repeated append from the current leader shrinks a log that holds committed entries, and a
-        shrunken log can then vote for a candidate that lacks them. Raft deletes only on a term conflict. We
-        rewrite such an append, when it conflicts with nothing we hold, into a heartbeat at our last entry."""
+        — a delayed or repeated append shrinks a log that holds committed entries, and a shrunken log can then
+        vote for a candidate that lacks them. Raft deletes only on a term conflict. We rewrite such an append,
+        when it conflicts with nothing we hold, into a heartbeat at the last entry we can vouch for."""
         transport = self._SyncObj__transport
         deliver = transport._onMessageReceivedCallback
         get_entries = self._SyncObj__getEntries
@@ -223,6 +223,7 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
                     message,
                     current_term=self.raftCurrentTerm,
                     last_index=self._SyncObj__getCurrentLogIndex(),
+                    commit_index=self.raftCommitIndex,
                     term_at=term_at,
                 )
                 if kept is not message:
@@ -274,31 +275,43 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
 
 
 def skip_held_entries(
-    message: dict[str, Any], current_term: int, last_index: int, term_at: Callable[[int], int | None]
+    message: dict[str, Any],
+    current_term: int,
+    last_index: int,
+    commit_index: int,
+    term_at: Callable[[int], int | None],
 ) -> dict[str, Any]:
-    """Return ``message`` unchanged, or, when it is an append from the current leader that only repeats entries
-    we already hold with the same terms and our last entry is of the leader's term, an empty append at our last
-    entry. Our last entry then comes from this very leader, so by Raft's log-matching property our whole log is a
-    prefix of the leader's, and acknowledging up to it is true."""
+    """Return ``message`` unchanged, or, when it is an append from the current leader that conflicts with nothing
+    we hold but ends before entries we must keep, an empty append at the last entry we can vouch for:
+
+    * our last entry, when it is of the leader's term (the leader wrote it, so by Raft's log-matching property our
+      whole log is a prefix of the leader's);
+    * otherwise our commit index (committed entries are in every later leader's log: leader completeness).
+
+    pysyncobj then truncates nothing we can vouch for, and acknowledging up to that entry is true."""
     if "prevLogIdx" not in message or message.get("transmission") is not None or message.get("serialized"):
         return message
     term = message.get("term")
-    if term != current_term:
-        return message
+    if not isinstance(term, int) or term < current_term:
+        return message  # pysyncobj refuses appends from older terms by itself
+    keep = last_index if term_at(last_index) == term else min(commit_index, last_index)
     prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
     entries = message.get("entries") or []
     end = entries[-1][1] if entries else prev_idx
-    if end >= last_index or term_at(last_index) != term:
+    if end >= keep:
         return message
     if term_at(prev_idx) != prev_term:
         return message
     for entry in entries:
         if term_at(entry[1]) != entry[2]:
             return message  # a real conflict: let pysyncobj truncate, as Raft says
+    keep_term = term_at(keep)
+    if keep_term is None:
+        return message
     out = dict(message)
     out["entries"] = []
-    out["prevLogIdx"] = last_index
-    out["prevLogTerm"] = term
+    out["prevLogIdx"] = keep
+    out["prevLogTerm"] = keep_term
     return out
 
 
