@@ -138,7 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--no-durable", action="store_true", help="run the nodes with node.durable = false")
     run.add_argument("--keep", action="store_true", help="keep the clusters' data directories")
+    local = sub.add_parser("local", help="the dev cluster with real agents: failover and sequential latency")
+    local.add_argument("--trials", type=int, default=10)
+    local.add_argument("--submissions", type=int, default=200)
+    local.add_argument("--out", type=Path, default=RESULTS / "local.json")
     args = ap.parse_args(argv)
+    if args.cmd == "local":
+        from bench.local import run as run_local
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        run_local(args.trials, args.submissions, args.out)
+        return 0
     profile = PROFILES[args.profile]
     only = set(SCENARIOS) if not args.only else {s.strip() for s in args.only.split(",")}
     unknown = only - set(SCENARIOS)

@@ -85,3 +85,20 @@ def test_smoke_profile_writes_results(tmp_path: Path) -> None:
     assert set(res["plots"]) == {"latency_cdf.png", "failover.png", "soak_rss.png", "c1m_rss.png"}
     for name in res["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_local_cluster_measurements_write_results(tmp_path: Path) -> None:
+    out = tmp_path / "local.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "local", "--trials", "1", "--submissions", "3", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["sequential"]["count"] == 3
+    _summary_ok(res["sequential"]["submit_to_running_ms"])
+    _summary_ok(res["failover"]["first_launch_s"])
+    assert "SIGKILL leader → first launch" in proc.stdout
