@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 
 from consensus.apply import Machine, Result
@@ -70,13 +71,20 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
         self._append_pending = False
         self.fsyncs = 0
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._dump_file = str(settings.data_dir / "raft.snapshot")
+        self._snapshot_pid: int | None = None
+        self.snapshots = 0
+        for stale in (self._dump_file + ".tmp", self._dump_file + ".writing"):
+            if os.path.exists(stale):  # left by a crash mid-write; never to be renamed into place
+                os.unlink(stale)
         conf = SyncObjConf(
             bindAddress=settings.self_address,
             password=settings.secret,
             journalFile=str(settings.data_dir / "raft.journal"),
-            fullDumpFile=str(settings.data_dir / "raft.snapshot"),
+            fullDumpFile=self._dump_file,
             serializer=self._write_snapshot,
             deserializer=self._read_snapshot,
+            serializeChecker=self._snapshot_status,
             appendEntriesUseBatch=False,
             autoTick=True,
             raftMinTimeout=settings.min_timeout_s,
@@ -162,6 +170,7 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
             "has_quorum": bool(s["has_quorum"]),
             "fsyncs": self.fsyncs,
             "stale_appends_kept": self.stale_appends_kept,
+            "snapshots": self.snapshots,
         }
 
     def start(self) -> None:
@@ -173,24 +182,57 @@ class RaftBackend(SyncObj):  # type: ignore[misc]
     # ------------------------------------------------------------------ snapshots (msgpack, never pickle)
 
     def _write_snapshot(self, filename: str, raft_data: Any) -> None:
+        """Called by pysyncobj on its tick thread, where entries are applied, so the state is exactly the state at
+        the snapshot's last entry. A forked child serializes it and renames the file into place while this
+        process keeps replicating (a large state takes seconds to serialize; a stalled tick thread loses its
+        leadership). pysyncobj's own rename of ``filename`` then finds nothing and is ignored: the child's exit
+        status, reported by :meth:`_snapshot_status`, is what counts."""
         last, prev, cluster = raft_data
-        with self.lock:
-            state = self.machine.snapshot()
-        blob = msgpack.packb(
-            {
-                "format": SNAPSHOT_FORMAT,
-                "state": state,
-                "last": [last[0], last[1], last[2]],
-                "prev": [prev[0], prev[1], prev[2]],
-                "cluster": sorted(n.address for n in cluster),
-            },
-            use_bin_type=True,
-        )
-        with open(filename, "wb") as f:
-            f.write(blob)
-            f.flush()
+        meta = {
+            "format": SNAPSHOT_FORMAT,
+            "last": [last[0], last[1], last[2]],
+            "prev": [prev[0], prev[1], prev[2]],
+            "cluster": sorted(n.address for n in cluster),
+        }
+        pid = os.fork()
+        if pid != 0:
+            self._snapshot_pid = pid
+            return
+        try:  # the child: one thread, a frozen copy of the state; never take locks other threads may hold
+            meta["state"] = self.machine.snapshot()
+            final = self._dump_file
+            tmp = final + ".writing"
+            with open(tmp, "wb") as f:
+                f.write(msgpack.packb(meta, use_bin_type=True))
+                f.flush()
+                if self._durable:
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
             if self._durable:
-                os.fsync(f.fileno())
+                fd = os.open(os.path.dirname(os.path.abspath(final)), os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+
+    def _snapshot_status(self) -> int:
+        pid = self._snapshot_pid
+        if pid is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING  # type: ignore[no-any-return]
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            self._snapshot_pid = None
+            return SERIALIZER_STATE.FAILED  # type: ignore[no-any-return]
+        if done == 0:
+            return SERIALIZER_STATE.SERIALIZING  # type: ignore[no-any-return]
+        self._snapshot_pid = None
+        if os.waitstatus_to_exitcode(status) == 0:
+            self.snapshots += 1
+            return SERIALIZER_STATE.SUCCESS  # type: ignore[no-any-return]
+        log.error("writing a snapshot failed (exit status %s); the log is kept", os.waitstatus_to_exitcode(status))
+        return SERIALIZER_STATE.FAILED  # type: ignore[no-any-return]
 
     def _read_snapshot(self, filename: str) -> tuple[Any, Any, Any]:
         with open(filename, "rb") as f:

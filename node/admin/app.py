@@ -173,6 +173,7 @@ async def get_status(request: web.Request) -> web.Response:
         "commit_index": raft.get("commit_idx"),
         "journal_syncs": raft.get("fsyncs"),
         "stale_appends_kept": raft.get("stale_appends_kept"),
+        "snapshots_written": raft.get("snapshots"),
         "durable": ctx.config.durable,
         "uptime_s": round(time.monotonic() - ctx.started, 1),
         "leader_stats": vars(ctx.leader.stats) if ctx.leader.is_acting() else None,

@@ -43,6 +43,7 @@ def test_snapshots_are_msgpack_and_survive_a_whole_cluster_restart(cluster: Loca
         wait_until(f"a snapshot on {node}", lambda n=node: snapshot_file(cluster, n).exists(), 30)  # type: ignore[misc]
         blob = msgpack.unpackb(snapshot_file(cluster, node).read_bytes(), raw=False)
         assert blob["format"] == 1 and isinstance(blob["state"], bytes)  # our format, not pickle
+        assert cluster.status(node)["snapshots_written"] >= 1  # by a forked child, while the node kept going
     cluster.wait_converged()
     for node in list(cluster.procs):
         cluster.kill(node)
