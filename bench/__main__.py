@@ -142,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--trials", type=int, default=10)
     local.add_argument("--submissions", type=int, default=200)
     local.add_argument("--out", type=Path, default=RESULTS / "local.json")
+    local.add_argument("--no-durable", action="store_true", help="run the nodes with node.durable = false")
     args = ap.parse_args(argv)
     if args.cmd == "local":
         from bench.local import run as run_local
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        run_local(args.trials, args.submissions, args.out)
+        run_local(args.trials, args.submissions, args.out, durable=not args.no_durable)
         return 0
     profile = PROFILES[args.profile]
     only = set(SCENARIOS) if not args.only else {s.strip() for s in args.only.split(",")}

@@ -82,10 +82,13 @@ def sequential(c: LocalCluster, count: int) -> dict[str, Any]:
     return {"count": count, "submit_to_running_ms": summary(samples)}
 
 
-def run(trials: int, submissions: int, out: Path) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="conclave-bench-local-") as tmp, running_cluster(Path(tmp) / "c") as c:
+def run(trials: int, submissions: int, out: Path, durable: bool = True) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory(prefix="conclave-bench-local-") as tmp,
+        running_cluster(Path(tmp) / "c", durable=durable) as c,
+    ):
         progress(f"local cluster up: {sorted(c.procs)}; {submissions} sequential submissions")
-        res = {"sequential": sequential(c, submissions)}
+        res: dict[str, Any] = {"durable": durable, "sequential": sequential(c, submissions)}
         progress(f"{trials} failover trials")
         res["failover"] = failover(c, trials)
     out.write_text(json.dumps(res, indent=2))
