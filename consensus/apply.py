@@ -22,6 +22,7 @@ from consensus.commands import (
     KillAttempts,
     Launch,
     LeaderElected,
+    PurgeJobs,
     RegisterAgent,
     RegisterFramework,
     RetryJob,
@@ -495,6 +496,7 @@ def retry_job(st: State, cmd: RetryJob, idx: int) -> Any:
         raise Reject("conflict", f"{len(busy)} attempt(s) are still being stopped; retry shortly")
     t = _tick(st, cmd.now)
     st.requests[cmd.request_id] = job.id
+    job.retry_keys.append(cmd.request_id)
     rerun = 0
     for task in job.tasks.values():
         if task.state != TaskState.FINISHED:
@@ -514,6 +516,27 @@ def retry_job(st: State, cmd: RetryJob, idx: int) -> Any:
     return {"job_id": job.id, "duplicate": False, "rerun": rerun}
 
 
+def purge_jobs(st: State, cmd: PurgeJobs, idx: int) -> Any:
+    _check_term(st, cmd.term)
+    _tick(st, cmd.now)
+    purged: list[str] = []
+    for job_id in cmd.job_ids:
+        job = st.jobs.get(job_id)
+        if job is None or job.state not in JOB_TERMINAL:
+            continue
+        attempts = [a for t in job.tasks.values() for a in t.attempts]
+        if any(st.attempts[a].state in ACTIVE for a in attempts):
+            continue  # still being stopped: its resources are in use
+        for a in attempts:
+            del st.attempts[a]
+        for key in (job.request_id, *job.retry_keys):
+            if st.requests.get(key) == job_id:
+                del st.requests[key]
+        del st.jobs[job_id]
+        purged.append(job_id)
+    return {"purged": purged}
+
+
 HANDLERS: dict[type[Any], Callable[[State, Any, int], Any]] = {
     LeaderElected: leader_elected,
     RegisterFramework: register_framework,
@@ -527,6 +550,7 @@ HANDLERS: dict[type[Any], Callable[[State, Any, int], Any]] = {
     DrainAgent: drain_agent,
     RetryJob: retry_job,
     KillAttempts: kill_attempts,
+    PurgeJobs: purge_jobs,
 }
 
 

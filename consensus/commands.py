@@ -29,6 +29,7 @@ class CommandType(IntEnum):
     RETRY_JOB = 11
     KILL_ATTEMPTS = 12
     BATCH = 13
+    PURGE_JOBS = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,16 @@ class Batch:
     entries: list[bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class PurgeJobs:
+    """Leader decision: forget jobs that ended long enough ago (their attempts, events and request ids go too).
+    A job that is not terminal, or still has a live attempt, is left alone."""
+
+    term: int
+    now: int
+    job_ids: list[str]
+
+
 Command = (
     LeaderElected
     | RegisterFramework
@@ -160,6 +171,7 @@ Command = (
     | RetryJob
     | KillAttempts
     | Batch
+    | PurgeJobs
 )
 
 COMMAND_CLASSES: dict[CommandType, type[Any]] = {
@@ -176,6 +188,7 @@ COMMAND_CLASSES: dict[CommandType, type[Any]] = {
     CommandType.RETRY_JOB: RetryJob,
     CommandType.KILL_ATTEMPTS: KillAttempts,
     CommandType.BATCH: Batch,
+    CommandType.PURGE_JOBS: PurgeJobs,
 }
 TYPE_OF: dict[type[Any], CommandType] = {cls: t for t, cls in COMMAND_CLASSES.items()}
 

@@ -198,6 +198,7 @@ class Job:
     message: str = ""
     # audit trail: [log index, cluster time ms, kind, task or "", attempt or "", detail]
     events: list[list[Any]] = field(default_factory=list)
+    retry_keys: list[str] = field(default_factory=list)  # request ids of RetryJob commands (de-duplication)
     # derived: task name -> names of tasks depending on it
     dependents: dict[str, list[str]] = field(default_factory=dict)
     unfinished: int = 0  # derived: tasks not FINISHED
@@ -215,6 +216,7 @@ class Job:
             self.finished_at,
             self.message,
             self.events,
+            self.retry_keys,
         ]
 
     @staticmethod
@@ -232,6 +234,7 @@ class Job:
             finished_at=w[8],
             message=w[9],
             events=w[10],
+            retry_keys=list(w[11]),
         )
         job.build_dependents()
         return job

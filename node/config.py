@@ -101,6 +101,9 @@ class Timing:
     # A leader that has lost contact with a quorum steps down after this long (pysyncobj defaults to 30 s).
     leader_fallback_s: float = 2.0
     request_timeout_s: float = 5.0
+    # Finished jobs (complete, failed, cancelled) are forgotten this long after they ended, with their attempts,
+    # audit trail and idempotency keys, so the replicated state stays bounded under a steady load.
+    job_retention_s: float = 86_400.0
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.apply import WORKFLOW_FRAMEWORK
-from consensus.commands import AgentLost, KillAttempts, Launch, LeaderElected
+from consensus.commands import AgentLost, KillAttempts, Launch, LeaderElected, PurgeJobs
 from consensus.spec import Resources
-from consensus.state import AgentState, State
+from consensus.state import JOB_TERMINAL, AgentState, State
 from node.bridge import Bridge, NotCommitted
 from node.config import Timing
 from node.leader.allocator import Allocator, Offer
@@ -26,6 +26,8 @@ from node.leader.workflow import place
 
 log = logging.getLogger("conclave.leader")
 
+PURGE_EVERY_S = 5.0
+PURGE_BATCH = 5000
 REMOVAL_WINDOW_S = 60.0
 REMOVAL_FRACTION = 0.34  # at most this share of agents (at least one) declared lost per window
 
@@ -58,6 +60,7 @@ class LeaderLoop:
     stats: LeaderStats = field(default_factory=LeaderStats)
     revive_needed: bool = True
     _last_generation: int = -1
+    _last_purge: float = 0.0
     _stopping: bool = False
 
     def __post_init__(self) -> None:
@@ -142,6 +145,9 @@ class LeaderLoop:
             )
             if result.ok:
                 log.info("drain deadline: killing %d attempt(s)", len(result.value["marked"]))
+        if mono - self._last_purge > PURGE_EVERY_S:
+            self._last_purge = mono
+            await self._purge()
         if self.bridge.generation != self._last_generation:
             # something was applied: new jobs, finished dependencies or retries may have made tasks ready
             self._last_generation = self.bridge.generation
@@ -188,6 +194,24 @@ class LeaderLoop:
             self.stats.first_launch_at = time.monotonic()
         if refused:
             log.info("%d placement(s) refused by apply, e.g. %s", len(refused), refused[0])
+
+    async def _purge(self) -> None:
+        cutoff = now_ms() - int(self.timing.job_retention_s * 1000)
+
+        def expired(st: State) -> list[str]:
+            out = []
+            for job in st.jobs.values():
+                if job.state in JOB_TERMINAL and job.finished_at is not None and job.finished_at < cutoff:
+                    out.append(job.id)
+                    if len(out) >= PURGE_BATCH:
+                        break
+            return out
+
+        job_ids = self.bridge.read(expired)
+        if job_ids:
+            result = await self.bridge.propose(PurgeJobs(self.term, now_ms(), job_ids), self.timing.request_timeout_s)
+            if result.ok:
+                log.info("forgot %d finished job(s) past retention", len(result.value["purged"]))
 
     def _liveness(self, st: State, mono: float) -> tuple[list[list[Any]], list[str]]:
         """Agents whose heartbeats stopped, measured on this leader's monotonic clock; drain kills due."""

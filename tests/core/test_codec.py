@@ -37,6 +37,7 @@ def test_command_numbers_are_append_only() -> None:
         ("RETRY_JOB", 11),
         ("KILL_ATTEMPTS", 12),
         ("BATCH", 13),
+        ("PURGE_JOBS", 14),
     ]
     assert set(COMMAND_CLASSES) == set(CommandType)
 

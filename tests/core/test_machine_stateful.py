@@ -24,6 +24,7 @@ from consensus.commands import (
     KillAttempts,
     Launch,
     LeaderElected,
+    PurgeJobs,
     RegisterAgent,
     RetryJob,
     StatusUpdate,
@@ -195,6 +196,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert r.ok and len(r.value) == 4
         assert r.value[0].ok and r.value[2].code == "malformed" and r.value[3].code == "invalid"
         assert all(sub.index == r.index for sub in r.value)
+
+    @rule(data=st.data())
+    @precondition(lambda self: bool(self.m.state.jobs))
+    def purge(self, data: Any) -> None:
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.m.state.jobs)), max_size=3, unique=True))
+        r = self.submit(PurgeJobs(self.term, self.tick(), [*ids, "ghost"]))
+        assert r.ok
+        for job_id in r.value["purged"]:
+            assert job_id not in self.m.state.jobs
+            assert all(a.job_id != job_id for a in self.m.state.attempts.values())
+            assert job_id not in self.m.state.requests.values()
+        for job_id in set(ids) - set(r.value["purged"]):
+            job = self.m.state.jobs[job_id]
+            live = any(self.m.state.attempts[a].state in ACTIVE for t in job.tasks.values() for a in t.attempts)
+            assert job.state.value in ("pending", "running") or live
 
     @rule(blob=st.binary(max_size=40))
     def garbage(self, blob: bytes) -> None:
