@@ -357,6 +357,7 @@ async def soak(cluster: BenchCluster, seconds: float, jobs_per_s: float, tasks_p
     api = Api(cluster, limit=64)
     samples: list[dict[str, Any]] = []
     errors = 0
+    error_kinds: dict[str, int] = {}
     sent = 0
     try:
         loop = asyncio.get_running_loop()
@@ -371,8 +372,10 @@ async def soak(cluster: BenchCluster, seconds: float, jobs_per_s: float, tasks_p
                 code, _ = await api.submit(leader, bench_job(f"soak{i}", tasks_per_job))
                 if code != 201:
                     errors += 1
-            except Exception:
+                    error_kinds[str(code)] = error_kinds.get(str(code), 0) + 1
+            except Exception as e:
                 errors += 1
+                error_kinds[type(e).__name__] = error_kinds.get(type(e).__name__, 0) + 1
 
         for i in range(count):
             now = loop.time()
@@ -412,9 +415,10 @@ async def soak(cluster: BenchCluster, seconds: float, jobs_per_s: float, tasks_p
         "tasks_per_job": tasks_per_job,
         "jobs_sent": sent,
         "errors": errors,
+        "error_kinds": error_kinds,
         "rss_slope_mb_per_min_second_half": slopes,
         "samples": samples,
         "disk_end": cluster.disk(),
     }
-    progress(f"soak: sent {sent} jobs, errors {errors}; RSS slope (MB/min, 2nd half): {slopes}")
+    progress(f"soak: sent {sent} jobs, errors {errors} {error_kinds}; RSS slope (MB/min, 2nd half): {slopes}")
     return out
