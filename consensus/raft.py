@@ -323,37 +323,45 @@ def skip_held_entries(
     commit_index: int,
     term_at: Callable[[int], int | None],
 ) -> dict[str, Any]:
-    """Return ``message`` unchanged, or, when it is an append from the current leader that conflicts with nothing
-    we hold but ends before entries we must keep, an empty append at the last entry we can vouch for:
+    """Rewrite an append so that pysyncobj's follower deletes only what Raft deletes: entries that conflict.
 
-    * our last entry, when it is of the leader's term (the leader wrote it, so by Raft's log-matching property our
-      whole log is a prefix of the leader's);
-    * otherwise our commit index (committed entries are in every later leader's log: leader completeness).
-
-    pysyncobj then truncates nothing we can vouch for, and acknowledging up to that entry is true."""
+    pysyncobj deletes every entry after ``prevLogIdx`` whenever it holds more, then re-adds the append's entries.
+    We move ``prevLogIdx`` forward past the entries we already hold with the same terms, so the deletion starts at
+    the first conflict or not at all. An append that ends inside our log without a conflict is moved to the last
+    entry we can vouch for: our last entry when it is of the leader's term (the leader wrote it, so by Raft's
+    log-matching property our log is a prefix of the leader's), otherwise our commit index (committed entries are
+    in every later leader's log). Acknowledging up to that entry is then true. Returns ``message`` itself when
+    nothing changes."""
     if "prevLogIdx" not in message or message.get("transmission") is not None or message.get("serialized"):
         return message
     term = message.get("term")
     if not isinstance(term, int) or term < current_term:
         return message  # pysyncobj refuses appends from older terms by itself
-    keep = last_index if term_at(last_index) == term else min(commit_index, last_index)
     prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
-    entries = message.get("entries") or []
-    end = entries[-1][1] if entries else prev_idx
-    if end >= keep:
-        return message
     if term_at(prev_idx) != prev_term:
-        return message
+        return message  # the leader must back up: pysyncobj answers that
+    entries = list(message.get("entries") or [])
+    matched = prev_idx
+    held = 0
     for entry in entries:
-        if term_at(entry[1]) != entry[2]:
-            return message  # a real conflict: let pysyncobj truncate, as Raft says
-    keep_term = term_at(keep)
-    if keep_term is None:
+        if entry[1] > last_index or term_at(entry[1]) != entry[2]:
+            break
+        matched = entry[1]
+        held += 1
+    remaining = entries[held:]
+    new_prev = matched
+    if not remaining:
+        keep = last_index if term_at(last_index) == term else min(commit_index, last_index)
+        new_prev = max(matched, keep)
+    if new_prev == prev_idx:
+        return message
+    new_term = term_at(new_prev)
+    if new_term is None:
         return message
     out = dict(message)
-    out["entries"] = []
-    out["prevLogIdx"] = keep
-    out["prevLogTerm"] = keep_term
+    out["entries"] = remaining
+    out["prevLogIdx"] = new_prev
+    out["prevLogTerm"] = new_term
     return out
 
 
