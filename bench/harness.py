@@ -166,12 +166,15 @@ class Api:
         await self.session.close()
 
     async def submit(self, node: str, spec: dict[str, Any], key: str | None = None) -> tuple[int, str | None]:
-        """POST a job; ``key`` (Idempotency-Key) makes a retry after a 503 return the first job's id."""
+        """POST a job: (201, job id) or (status, error code). ``key`` (Idempotency-Key) makes a retry after a 503
+        return the first job's id."""
         url = self.cluster.urls[node] + "/v1/jobs"
         headers = self.auth if key is None else {**self.auth, "Idempotency-Key": key}
         async with self.session.post(url, json=spec, headers=headers) as resp:
             body = await resp.json()
-            return resp.status, body.get("id") if resp.status == 201 else None
+            if resp.status == 201:
+                return resp.status, body.get("id")
+            return resp.status, (body.get("error") or {}).get("code")  # why it was refused
 
     async def get(self, node: str, path: str) -> tuple[int, Any]:
         async with self.session.get(self.cluster.urls[node] + path) as resp:

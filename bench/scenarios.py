@@ -369,10 +369,11 @@ async def soak(cluster: BenchCluster, seconds: float, jobs_per_s: float, tasks_p
         async def one(i: int) -> None:
             nonlocal errors
             try:
-                code, _ = await api.submit(leader, bench_job(f"soak{i}", tasks_per_job))
+                code, why = await api.submit(leader, bench_job(f"soak{i}", tasks_per_job))
                 if code != 201:
                     errors += 1
-                    error_kinds[str(code)] = error_kinds.get(str(code), 0) + 1
+                    kind = f"{code} {why}"
+                    error_kinds[kind] = error_kinds.get(kind, 0) + 1
             except Exception as e:
                 errors += 1
                 error_kinds[type(e).__name__] = error_kinds.get(type(e).__name__, 0) + 1
