@@ -90,11 +90,13 @@ class Timing:
     offer_timeout_s: float = 2.0
     decline_refuse_s: float = 1.0
     allocation_interval_s: float = 0.05
-    # Elections: measured on 3 loopback nodes, 0.2-0.5 s gave SIGKILL -> first launch p50 0.41 s with no election
-    # during a saturating throughput run; 0.4-1.2 s gave p50 1.8 s. Appends must come > 3x per min timeout.
-    raft_min_timeout_s: float = 0.2
-    raft_max_timeout_s: float = 0.5
-    raft_append_period_s: float = 0.04
+    # Elections, measured on 3 nodes sharing 2 cores (python -m bench): 0.4-0.9 s gave SIGKILL -> first launch
+    # p50 0.53 s, p99 1.4 s and 1 refused write in a 5-minute soak; 0.2-0.5 s gave p50 0.31 s but 38 spurious
+    # elections in the same soak (a follower whose tick thread stalls past its timeout starts an election).
+    # pysyncobj's 0.4-1.4 s gave p50 1.8 s. Appends must come > 3x per minimum timeout.
+    raft_min_timeout_s: float = 0.4
+    raft_max_timeout_s: float = 0.9
+    raft_append_period_s: float = 0.05
     raft_connection_timeout_s: float = 1.5
     # pysyncobj waits this long before reconnecting a dropped peer link (default 5 s, which stalls elections)
     raft_connection_retry_s: float = 0.1
