@@ -42,7 +42,6 @@ class Bridge:
         self._changed = asyncio.Event()
         self._notify_pending = False
         self._pending: deque[tuple[bytes, asyncio.Future[Result]]] = deque()
-        self._pending_bytes = 0
         self._flush_scheduled = False
         self._in_flight = 0
         self.batches = 0  # entries proposed
@@ -84,7 +83,6 @@ class Bridge:
         fut: asyncio.Future[Result] = self.loop.create_future()
         data = encode(cmd)
         self._pending.append((data, fut))
-        self._pending_bytes += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -106,7 +104,6 @@ class Bridge:
                 item = self._pending.popleft()
                 size += len(item[0])
                 batch.append(item)
-            self._pending_bytes -= size
             data = batch[0][0] if len(batch) == 1 else encode(Batch([d for d, _ in batch]))
             self._in_flight += 1
             self.batches += 1

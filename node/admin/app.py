@@ -174,6 +174,7 @@ async def get_status(request: web.Request) -> web.Response:
         "journal_syncs": raft.get("fsyncs"),
         "stale_appends_kept": raft.get("stale_appends_kept"),
         "snapshots_written": raft.get("snapshots"),
+        "group_commit": {"entries": ctx.bridge.batches, "commands": ctx.bridge.batched_commands},
         "durable": ctx.config.durable,
         "uptime_s": round(time.monotonic() - ctx.started, 1),
         "leader_stats": vars(ctx.leader.stats) if ctx.leader.is_acting() else None,

@@ -35,13 +35,6 @@ class Allocator:
     rescinded: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
-    def offered_on(self, agent_id: str) -> Resources:
-        total = ZERO
-        for o in self.offers.values():
-            if o.agent_id == agent_id:
-                total = total + o.resources
-        return total
-
     def expire(self, now: float) -> list[Offer]:
         gone = [o for o in self.offers.values() if o.expires <= now]
         for o in gone:

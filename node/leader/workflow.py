@@ -41,28 +41,6 @@ def _job_key(job: Job) -> tuple[int, int, int]:
     return (job.spec.priority_class, -job.spec.priority_value, job.seq)
 
 
-def ready_tasks(state: State, now_ms: int) -> list[tuple[tuple[int, int, int, int], str, str]]:
-    """Runnable tasks whose start time has come, in scheduling order."""
-    out = []
-    order_cache: dict[str, dict[str, int]] = {}
-    for job_id, task_name in state.runnable:
-        job = state.jobs[job_id]
-        if job.framework_id != WORKFLOW_FRAMEWORK:
-            continue
-        if job.spec.not_before_ms is not None and job.spec.not_before_ms > now_ms:
-            continue
-        task = job.tasks[task_name]
-        if task.eligible_at > now_ms:
-            continue
-        order = order_cache.get(job_id)
-        if order is None:
-            order = order_cache[job_id] = {t.name: i for i, t in enumerate(job.spec.tasks)}
-        key = (job.spec.priority_class, -job.spec.priority_value, job.seq, order[task_name])
-        out.append((key, job_id, task_name))
-    out.sort()
-    return out
-
-
 def _job_ready(job: Job, now_ms: int) -> bool:
     if job.framework_id != WORKFLOW_FRAMEWORK or job.state in JOB_TERMINAL:
         return False
@@ -73,7 +51,7 @@ def _ready_jobs(state: State, now_ms: int) -> list[tuple[Job, list[str] | None]]
     """Jobs that may have ready tasks, in scheduling order, each with its runnable task names in spec order
     (``None``: walk the job's tasks and test each against ``state.runnable``).
 
-    Equivalent to :func:`ready_tasks` grouped by job. With many runnable tasks it walks jobs instead of every
+    Runnable tasks whose start time has come, grouped by job. With many runnable tasks it walks jobs instead of every
     runnable entry, so a round that stops early (enough placements, or no capacity left) never touches the rest.
     """
     if len(state.runnable) <= WALK_JOBS_ABOVE * len(state.jobs):
